@@ -1,0 +1,47 @@
+"""`jointdit` command line: run the sample or pipeline flow."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="jointdit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("sample", help="image (+ prompt) -> MP4 with audio, WAV and PNG")
+    s.add_argument("--image", required=True)
+    s.add_argument("--prompt", default="")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--steps", type=int)
+    s.add_argument("--guidance", choices=["none", "cfg", "jointcfg"])
+    s.add_argument("--model-uri", default="models:/jointdit@champion")
+    s.add_argument("--out-dir", default="outputs")
+    s.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    p = sub.add_parser("pipeline", help="run the DVC stages as a Prefect flow")
+    p.add_argument("--stage", action="append", dest="stages", help="only these (repeatable)")
+    p.add_argument("--force", action="store_true", help="rerun even if up to date")
+    args = parser.parse_args(argv)
+
+    if args.command == "sample":
+        from flows.sample import sample
+
+        paths = sample(
+            image=args.image,
+            prompt=args.prompt,
+            seed=args.seed,
+            steps=args.steps,
+            guidance=args.guidance,
+            model_uri=args.model_uri,
+            out_dir=args.out_dir,
+            tracking_uri=args.tracking_uri,
+        )
+        print(json.dumps(paths, indent=2))
+    else:
+        from flows.pipeline import pipeline
+
+        print(json.dumps(pipeline(stages=args.stages, force=args.force), indent=2))
+
+
+if __name__ == "__main__":
+    main()

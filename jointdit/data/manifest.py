@@ -1,0 +1,192 @@
+"""Manifest contracts: the pandera schemas every stage reads and writes, and safe file helpers.
+
+A manifest is a CSV table with one row per clip. The raw manifest (fetch stage) lists files and
+their checksums; the validated manifest (validate stage) adds the probed media properties and
+the train/val split. Both are validated on read and on write, so a stage never consumes a table
+that breaks the contract.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
+
+SPLITS = ("train", "val")
+
+# Read as text whatever they look like: a hex digest can be all digits and a caption "1.0";
+# pandas would otherwise turn them into numbers (and empty cells into NaN).
+TEXT_COLUMNS = ("path", "sha256", "caption", "events", "source", "split")
+
+_CHUNK = 1 << 20
+
+
+class ManifestError(ValueError):
+    """A manifest file does not match its schema; the message names the file."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Acceptance thresholds for the validate stage (the `validate` slice of params.yaml)."""
+
+    min_duration_s: float = 1.0
+    min_fps: float = 4.0
+    max_fps: float = 120.0
+    min_width: int = 16
+    min_height: int = 16
+    min_sample_rate: int = 8000
+    val_fraction: float = 0.125
+    split_seed: int = 0
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks so large clips never sit in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_inside(root: Path, relative: str) -> Path:
+    """Resolve `relative` under `root`; refuse anything that lands outside it.
+
+    Manifests are inputs too: a row must not be able to point the pipeline at arbitrary files
+    through an absolute path, `..` segments or a symlink that leaves the root.
+    """
+    if Path(relative).is_absolute():
+        raise ValueError(f"{relative!r} is an absolute path; manifest paths are relative to {root}")
+    base = root.resolve()
+    target = (base / relative).resolve()
+    if not target.is_relative_to(base):
+        raise ValueError(f"{relative!r} resolves to {target}, outside {base}")
+    return target
+
+
+def _is_event_list(value: str) -> bool:
+    if value == "":
+        return True
+    try:
+        times = json.loads(value)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(times, list) and all(
+        isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t) and t >= 0
+        for t in times
+    )
+
+
+class RawManifest(pa.DataFrameModel):
+    """What the fetch stage promises: files, their checksums and what is known about them."""
+
+    path: Series[str] = pa.Field(unique=True, str_length={"min_value": 1})
+    sha256: Series[str] = pa.Field(str_matches=r"^[0-9a-f]{64}$")
+    size_bytes: Series[int] = pa.Field(ge=0)
+    caption: Series[str]
+    events: Series[str]
+    source: Series[str]
+
+    @pa.check("events", element_wise=True, name="json_list_of_times")
+    def _events_are_times(cls, value: str) -> bool:
+        return _is_event_list(value)
+
+    class Config:
+        name = "RawManifest"
+        strict = True
+        coerce = True
+
+
+class ValidatedManifest(pa.DataFrameModel):
+    """What the validate stage promises, minus the params-dependent thresholds.
+
+    Readers that do not know the thresholds (the cache stage) validate against this class;
+    the validate stage itself uses `validated_schema(cfg)`, which adds them.
+    """
+
+    path: Series[str] = pa.Field(unique=True, str_length={"min_value": 1})
+    sha256: Series[str] = pa.Field(unique=True, str_matches=r"^[0-9a-f]{64}$")
+    duration_s: Series[float] = pa.Field(gt=0)
+    fps: Series[float] = pa.Field(gt=0)
+    width: Series[int] = pa.Field(ge=1)
+    height: Series[int] = pa.Field(ge=1)
+    sample_rate: Series[int] = pa.Field(gt=0)
+    channels: Series[int] = pa.Field(ge=1)
+    has_audio: Series[bool] = pa.Field(isin=[True])
+    caption: Series[str]
+    events: Series[str]
+    split: Series[str] = pa.Field(isin=list(SPLITS))
+
+    @pa.check("events", element_wise=True, name="json_list_of_times")
+    def _events_are_times(cls, value: str) -> bool:
+        return _is_event_list(value)
+
+    class Config:
+        name = "ValidatedManifest"
+        strict = True
+        coerce = True
+
+
+def validated_schema(cfg: ValidationConfig) -> pa.DataFrameSchema:
+    """ValidatedManifest tightened with the thresholds from params."""
+    base = ValidatedManifest.to_schema()
+    tighter = {
+        "duration_s": pa.Check.ge(cfg.min_duration_s),
+        "fps": pa.Check.in_range(cfg.min_fps, cfg.max_fps),
+        "width": pa.Check.ge(cfg.min_width),
+        "height": pa.Check.ge(cfg.min_height),
+        "sample_rate": pa.Check.ge(cfg.min_sample_rate),
+    }
+    return base.update_columns(
+        {name: {"checks": [*base.columns[name].checks, check]} for name, check in tighter.items()}
+    )
+
+
+Schema = pa.DataFrameSchema | type[pa.DataFrameModel]
+
+
+def _as_schema(schema: Schema) -> pa.DataFrameSchema:
+    return schema if isinstance(schema, pa.DataFrameSchema) else schema.to_schema()
+
+
+def _check(df: pd.DataFrame, path: Path, schema: pa.DataFrameSchema) -> pd.DataFrame:
+    try:
+        return schema.validate(df, lazy=True)
+    except (pa.errors.SchemaErrors, pa.errors.SchemaError) as err:
+        raise ManifestError(path, f"does not match {schema.name}:\n{err}") from err
+
+
+def read_manifest(path: Path, schema: Schema = RawManifest) -> pd.DataFrame:
+    """Read a manifest CSV and validate it (coercing dtypes) against `schema`."""
+    df = pd.read_csv(path, dtype=dict.fromkeys(TEXT_COLUMNS, str), keep_default_na=False)
+    return _check(df, Path(path), _as_schema(schema))
+
+
+def write_manifest(df: pd.DataFrame, path: Path, schema: Schema = RawManifest) -> None:
+    """Validate `df` against `schema` and write it as CSV, atomically.
+
+    Columns are written in schema order so that manifests diff cleanly under DVC/git.
+    """
+    path = Path(path)
+    resolved = _as_schema(schema)
+    checked = _check(df, path, resolved)[list(resolved.columns)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            checked.to_csv(f, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

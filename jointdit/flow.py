@@ -1,0 +1,82 @@
+"""Rectified flow: x_t = (1 - t) x_0 + t eps, the model predicts the velocity eps - x_0.
+
+t = 1 is pure noise and t = 0 is data, for video and audio alike; each modality has its own t,
+so one modality can be held clean (t = 0) while the other is generated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from jointdit.model.jointdit import JointDiT
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    audio_weight: float = 1.0  # weight of the audio loss beside the video loss
+    logit_normal_std: float = 1.0  # t = sigmoid(N(0, std)): more weight on mid-range t (SD3)
+    p_drop_image: float = 0.1  # condition dropout, for classifier-free guidance
+    p_drop_text: float = 0.1
+
+
+@dataclass
+class Batch:
+    video: Tensor  # (B, T, Cv, H, W) clean latents
+    audio: Tensor  # (B, Ca, F, L)
+    image: Tensor  # (B, Cv, H, W) first-frame latent
+    text: Tensor  # (B, Lt) token ids
+
+    def __len__(self) -> int:
+        return self.video.shape[0]
+
+
+def noised(x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+    shape = (-1,) + (1,) * (x0.dim() - 1)
+    return (1 - t.view(shape)) * x0 + t.view(shape) * noise
+
+
+def sample_t(n: int, std: float, generator: torch.Generator) -> Tensor:
+    return torch.sigmoid(torch.randn(n, generator=generator) * std)
+
+
+def drop_conditions(batch: Batch, cfg: FlowConfig, generator: torch.Generator) -> Batch:
+    """Zero the image latent / text ids of random samples (the null condition is all zeros)."""
+    n = len(batch)
+    keep_image = (torch.rand(n, generator=generator) >= cfg.p_drop_image).float()
+    keep_text = (torch.rand(n, generator=generator) >= cfg.p_drop_text).long()
+    return Batch(
+        batch.video,
+        batch.audio,
+        batch.image * keep_image.view(-1, 1, 1, 1),
+        batch.text * keep_text.view(-1, 1),
+    )
+
+
+def flow_loss(
+    model: JointDiT,
+    batch: Batch,
+    t: Tensor,
+    generator: torch.Generator,
+    audio_weight: float,
+    experts_only: bool = False,
+) -> tuple[Tensor, dict[str, float]]:
+    """Velocity MSE at times t (B,), shared by both modalities; returns (loss, parts)."""
+    noise_v = torch.randn(batch.video.shape, generator=generator)
+    noise_a = torch.randn(batch.audio.shape, generator=generator)
+    pred_v, pred_a = model(
+        noised(batch.video, noise_v, t),
+        noised(batch.audio, noise_a, t),
+        t,
+        t,
+        batch.image,
+        batch.text,
+        experts_only=experts_only,
+    )
+    loss_v = F.mse_loss(pred_v, noise_v - batch.video)
+    loss_a = F.mse_loss(pred_a, noise_a - batch.audio)
+    loss = (loss_v + audio_weight * loss_a) / (1 + audio_weight)
+    return loss, {"loss": loss.item(), "loss_video": loss_v.item(), "loss_audio": loss_a.item()}

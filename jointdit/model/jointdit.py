@@ -1,0 +1,433 @@
+"""JointDiT: a video expert and an audio expert joined by full video-audio attention.
+
+Layout follows the paper ("Animate and Sound an Image", CVPR 2025): per modality an Input block,
+an Expert per depth and an Output block; each JointBlock runs the two experts, then one
+attention over [video; audio; context] keys with per-modality projections, then a per-modality
+GEGLU feed-forward. Every residual branch is gated by AdaLN modulation of its modality's
+timestep embedding, zero-initialised (DiT), so the joint parts start as the identity and the
+joint model at init equals its experts.
+
+Latents: video (B, T, Cv, H, W), audio (B, Ca, F, L) with F frequency bins and L time frames.
+The image condition (the first-frame latent) is concatenated on channels to every video frame.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from jointdit.model.rope import apply_rope, axis_dims, rope_angles
+
+
+@dataclass(frozen=True)
+class JointDiTConfig:
+    video_channels: int = 48  # Cv: channels of the codec's video latent
+    audio_channels: int = 1  # Ca
+    audio_bins: int = 32  # F: frequency bins of the audio latent
+    video_patch: int = 2  # spatial patch of video latents (time is not patched)
+    audio_patch_f: int = 8
+    audio_patch_t: int = 4
+    dim: int = 96
+    depth: int = 3
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    ff_mult: int = 2
+    text_vocab: int = 1024  # 0: no text context
+    text_len: int = 12
+    video_fps: float = 8.0  # video latent frames per second
+    audio_frame_rate: float = 64.0  # audio latent frames per second
+    rope_time_scale: float = 16.0  # RoPE time positions per second, shared by both modalities
+    rope_theta: float = 1000.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+def adaln(dim: int, chunks: int) -> nn.Sequential:
+    """SiLU + Linear producing `chunks` modulation vectors, zero-initialised (identity start)."""
+    linear = nn.Linear(dim, chunks * dim)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    return nn.Sequential(nn.SiLU(), linear)
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal features of t in [0, 1] followed by an MLP (DiT)."""
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
+        args = 1000.0 * t.float()[:, None] * freqs[None]
+        return self.mlp(torch.cat((args.cos(), args.sin()), dim=-1))
+
+
+class TextEmbedder(nn.Module):
+    """Context tokens from hashed word ids (token 0 = padding, all-zero ids = no text)."""
+
+    def __init__(self, vocab: int, length: int, dim: int):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, dim)
+        self.position = nn.Parameter(torch.randn(length, dim) * 0.02)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.tokens(ids) + self.position[: ids.shape[1]]
+
+
+class VideoInput(nn.Module):
+    """Patchify (video ++ image condition) per frame -> tokens, with (t, h, w) positions."""
+
+    def __init__(self, cfg: JointDiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        p = cfg.video_patch
+        self.proj = nn.Linear(2 * cfg.video_channels * p * p, cfg.dim)
+
+    def forward(self, video: Tensor, image: Tensor) -> tuple[Tensor, Tensor]:
+        b, t, c, h, w = video.shape
+        p = self.cfg.video_patch
+        if h % p or w % p:
+            raise ValueError(f"video latent {h}x{w} is not divisible by patch {p}")
+        x = torch.cat((video, image[:, None].expand(b, t, c, h, w)), dim=2)
+        x = x.reshape(b, t, 2 * c, h // p, p, w // p, p).permute(0, 1, 3, 5, 2, 4, 6)
+        tokens = self.proj(x.reshape(b, t * (h // p) * (w // p), -1))
+        grid = torch.stack(
+            torch.meshgrid(
+                torch.arange(t, device=video.device) / self.cfg.video_fps,
+                torch.arange(h // p, device=video.device).float(),
+                torch.arange(w // p, device=video.device).float(),
+                indexing="ij",
+            ),
+            dim=-1,
+        ).reshape(-1, 3)
+        grid[:, 0] *= self.cfg.rope_time_scale
+        return tokens, grid
+
+
+class AudioInput(nn.Module):
+    """Patchify (f, t) audio latents -> tokens, padding time to a whole patch."""
+
+    def __init__(self, cfg: JointDiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        if cfg.audio_bins % cfg.audio_patch_f:
+            raise ValueError(f"audio_bins {cfg.audio_bins} not divisible by {cfg.audio_patch_f}")
+        self.proj = nn.Linear(cfg.audio_channels * cfg.audio_patch_f * cfg.audio_patch_t, cfg.dim)
+
+    def forward(self, audio: Tensor) -> tuple[Tensor, Tensor]:
+        b, c, f, length = audio.shape
+        pf, pt = self.cfg.audio_patch_f, self.cfg.audio_patch_t
+        audio = F.pad(audio, (0, -length % pt))
+        nf, nt = f // pf, audio.shape[-1] // pt
+        x = audio.reshape(b, c, nf, pf, nt, pt).permute(0, 2, 4, 1, 3, 5)
+        tokens = self.proj(x.reshape(b, nf * nt, -1))
+        # A patch's time is its centre frame's, in seconds, on the same scale as the video's.
+        seconds = (torch.arange(nt, device=audio.device) * pt + (pt - 1) / 2) / (
+            self.cfg.audio_frame_rate
+        )
+        # Token order is (f, t), as in the reshape above; positions are (time, frequency).
+        freq, time = torch.meshgrid(
+            torch.arange(nf, device=audio.device).float(),
+            seconds * self.cfg.rope_time_scale,
+            indexing="ij",
+        )
+        grid = torch.stack((time, freq), dim=-1).reshape(-1, 2)
+        return tokens, grid
+
+
+class Attention(nn.Module):
+    """Self-attention over one modality's tokens, with extra context keys (no RoPE on those)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, angles: Tensor, context: Tensor | None) -> Tensor:
+        q, k, v = split_heads(self.qkv(x), 3, self.heads)
+        q, k = apply_rope(q, angles), apply_rope(k, angles)
+        if context is not None:
+            _, kc, vc = split_heads(self.qkv(context), 3, self.heads)
+            k, v = torch.cat((k, kc), dim=2), torch.cat((v, vc), dim=2)
+        return self.out(merge_heads(F.scaled_dot_product_attention(q, k, v)))
+
+
+def split_heads(x: Tensor, parts: int, heads: int) -> list[Tensor]:
+    b, n, _ = x.shape
+    return list(x.reshape(b, n, parts, heads, -1).permute(2, 0, 3, 1, 4).unbind(0))
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+class Mlp(nn.Sequential):
+    def __init__(self, dim: int, ratio: float):
+        hidden = int(dim * ratio)
+        super().__init__(
+            nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)
+        )
+
+
+class GEGLU(nn.Module):
+    """Gated-GELU feed-forward (the joint block's V-FF / A-FF)."""
+
+    def __init__(self, dim: int, mult: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, 2 * mult * dim)
+        self.out = nn.Linear(mult * dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, gate = self.proj(x).chunk(2, dim=-1)
+        return self.out(a * F.gelu(gate))
+
+
+class Expert(nn.Module):
+    """One modality's transformer block: self-attention + MLP, AdaLN on the timestep (DiT)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(dim, mlp_ratio)
+        self.modulation = adaln(dim, 6)
+
+    def forward(self, x: Tensor, c: Tensor, angles: Tensor, context: Tensor | None) -> Tensor:
+        sh1, sc1, g1, sh2, sc2, g2 = self.modulation(c).chunk(6, dim=-1)
+        x = x + g1[:, None] * self.attn(modulate(self.norm1(x), sh1, sc1), angles, context)
+        return x + g2[:, None] * self.mlp(modulate(self.norm2(x), sh2, sc2))
+
+
+class JointLayer(nn.Module):
+    """Joint attention over [video; audio; context] then V-FF and A-FF, all gated per modality.
+
+    `iso` (B,) marks samples whose modalities attend only to themselves (+ context): those run
+    as separate per-modality attentions, never as a dense mask, so every call stays on the
+    fused scaled_dot_product_attention kernels.
+    """
+
+    def __init__(self, dim: int, heads: int, ff_mult: int):
+        super().__init__()
+        self.heads = heads
+        self.video_norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.audio_norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.video_qkv = nn.Linear(dim, 3 * dim)
+        self.audio_qkv = nn.Linear(dim, 3 * dim)
+        self.context_kv = nn.Linear(dim, 2 * dim)
+        self.video_out = nn.Linear(dim, dim)
+        self.audio_out = nn.Linear(dim, dim)
+        self.video_norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.audio_norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.video_ff = GEGLU(dim, ff_mult)
+        self.audio_ff = GEGLU(dim, ff_mult)
+        self.video_modulation = adaln(dim, 6)
+        self.audio_modulation = adaln(dim, 6)
+
+    def forward(
+        self,
+        xv: Tensor,
+        xa: Tensor,
+        cv: Tensor,
+        ca: Tensor,
+        angles_v: Tensor,
+        angles_a: Tensor,
+        context: Tensor | None,
+        iso: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        mv = self.video_modulation(cv).chunk(6, dim=-1)
+        ma = self.audio_modulation(ca).chunk(6, dim=-1)
+        qv, kv, vv = split_heads(
+            self.video_qkv(modulate(self.video_norm1(xv), *mv[:2])), 3, self.heads
+        )
+        qa, ka, va = split_heads(
+            self.audio_qkv(modulate(self.audio_norm1(xa), *ma[:2])), 3, self.heads
+        )
+        qv, kv = apply_rope(qv, angles_v), apply_rope(kv, angles_v)
+        qa, ka = apply_rope(qa, angles_a), apply_rope(ka, angles_a)
+        if context is None:
+            kc = vc = qv.new_zeros(qv.shape[0], self.heads, 0, qv.shape[-1])
+        else:
+            kc, vc = split_heads(self.context_kv(context), 2, self.heads)
+
+        out_v, out_a = torch.empty_like(qv), torch.empty_like(qa)
+        joint = ~iso
+        if joint.any():
+            idx = joint.nonzero().squeeze(1)
+            q = torch.cat((qv[idx], qa[idx]), dim=2)
+            k = torch.cat((kv[idx], ka[idx], kc[idx]), dim=2)
+            v = torch.cat((vv[idx], va[idx], vc[idx]), dim=2)
+            o = F.scaled_dot_product_attention(q, k, v)
+            out_v[idx], out_a[idx] = o[:, :, : qv.shape[2]], o[:, :, qv.shape[2] :]
+        if iso.any():
+            idx = iso.nonzero().squeeze(1)
+            kvc, vvc = torch.cat((kv[idx], kc[idx]), 2), torch.cat((vv[idx], vc[idx]), 2)
+            kac, vac = torch.cat((ka[idx], kc[idx]), 2), torch.cat((va[idx], vc[idx]), 2)
+            out_v[idx] = F.scaled_dot_product_attention(qv[idx], kvc, vvc)
+            out_a[idx] = F.scaled_dot_product_attention(qa[idx], kac, vac)
+
+        xv = xv + mv[2][:, None] * self.video_out(merge_heads(out_v))
+        xa = xa + ma[2][:, None] * self.audio_out(merge_heads(out_a))
+        xv = xv + mv[5][:, None] * self.video_ff(modulate(self.video_norm2(xv), mv[3], mv[4]))
+        xa = xa + ma[5][:, None] * self.audio_ff(modulate(self.audio_norm2(xa), ma[3], ma[4]))
+        return xv, xa
+
+
+class JointBlock(nn.Module):
+    def __init__(self, cfg: JointDiTConfig):
+        super().__init__()
+        self.video_expert = Expert(cfg.dim, cfg.heads, cfg.mlp_ratio)
+        self.audio_expert = Expert(cfg.dim, cfg.heads, cfg.mlp_ratio)
+        self.joint = JointLayer(cfg.dim, cfg.heads, cfg.ff_mult)
+
+
+class FinalLayer(nn.Module):
+    """AdaLN + linear back to patch values (DiT), zero-initialised."""
+
+    def __init__(self, dim: int, out: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.modulation = adaln(dim, 2)
+        self.linear = nn.Linear(dim, out)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        shift, scale = self.modulation(c).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+@dataclass
+class Tokens:
+    """The state between the model's sub-modules: tokens, conditioning vectors, positions."""
+
+    video: Tensor
+    audio: Tensor
+    cv: Tensor
+    ca: Tensor
+    angles_v: Tensor
+    angles_a: Tensor
+    context: Tensor | None
+    video_shape: tuple[int, ...]
+    audio_shape: tuple[int, ...]
+
+
+class JointDiT(nn.Module):
+    def __init__(self, cfg: JointDiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.video_input = VideoInput(cfg)
+        self.audio_input = AudioInput(cfg)
+        self.video_time = TimestepEmbedder(cfg.dim)
+        self.audio_time = TimestepEmbedder(cfg.dim)
+        self.text = TextEmbedder(cfg.text_vocab, cfg.text_len, cfg.dim) if cfg.text_vocab else None
+        self.blocks = nn.ModuleList(JointBlock(cfg) for _ in range(cfg.depth))
+        p = cfg.video_patch
+        self.video_output = FinalLayer(cfg.dim, cfg.video_channels * p * p)
+        self.audio_output = FinalLayer(
+            cfg.dim, cfg.audio_channels * cfg.audio_patch_f * cfg.audio_patch_t
+        )
+        self.video_dims = axis_dims(cfg.head_dim, spatial_axes=2)
+        self.audio_dims = axis_dims(cfg.head_dim, spatial_axes=1)
+
+    def forward_input(
+        self,
+        video: Tensor,
+        audio: Tensor,
+        t_video: Tensor,
+        t_audio: Tensor,
+        image: Tensor,
+        text: Tensor | None = None,
+    ) -> Tokens:
+        xv, grid_v = self.video_input(video, image)
+        xa, grid_a = self.audio_input(audio)
+        context = self.text(text) if self.text is not None and text is not None else None
+        return Tokens(
+            video=xv,
+            audio=xa,
+            cv=self.video_time(t_video),
+            ca=self.audio_time(t_audio),
+            angles_v=rope_angles(grid_v, self.video_dims, self.cfg.rope_theta),
+            angles_a=rope_angles(grid_a, self.audio_dims, self.cfg.rope_theta),
+            context=context,
+            video_shape=tuple(video.shape),
+            audio_shape=tuple(audio.shape),
+        )
+
+    def forward_expert(self, i: int, s: Tokens) -> Tokens:
+        block = self.blocks[i]
+        s.video = block.video_expert(s.video, s.cv, s.angles_v, s.context)
+        s.audio = block.audio_expert(s.audio, s.ca, s.angles_a, s.context)
+        return s
+
+    def forward_joint(self, i: int, s: Tokens, iso: Tensor) -> Tokens:
+        s.video, s.audio = self.blocks[i].joint(
+            s.video, s.audio, s.cv, s.ca, s.angles_v, s.angles_a, s.context, iso
+        )
+        return s
+
+    def forward_output(self, s: Tokens) -> tuple[Tensor, Tensor]:
+        b, t, c, h, w = s.video_shape
+        p = self.cfg.video_patch
+        v = self.video_output(s.video, s.cv).reshape(b, t, h // p, w // p, c, p, p)
+        v = v.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, t, c, h, w)
+        _, ca, f, length = s.audio_shape
+        pf, pt = self.cfg.audio_patch_f, self.cfg.audio_patch_t
+        nt = -(-length // pt)
+        a = self.audio_output(s.audio, s.ca).reshape(b, f // pf, nt, ca, pf, pt)
+        a = a.permute(0, 3, 1, 4, 2, 5).reshape(b, ca, f, nt * pt)[..., :length]
+        return v, a
+
+    def forward(
+        self,
+        video: Tensor,
+        audio: Tensor,
+        t_video: Tensor,
+        t_audio: Tensor,
+        image: Tensor,
+        text: Tensor | None = None,
+        iso: Tensor | bool = False,
+        experts_only: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        """Velocity predictions (video, audio) for noisy latents at per-modality times.
+
+        iso: True (or a (B,) bool mask) isolates the modalities in the joint attention;
+        experts_only skips the joint layers altogether (the no-joint baseline).
+        """
+        if isinstance(iso, bool):
+            iso = torch.full((video.shape[0],), iso, dtype=torch.bool, device=video.device)
+        s = self.forward_input(video, audio, t_video, t_audio, image, text)
+        for i in range(len(self.blocks)):
+            s = self.forward_expert(i, s)
+            if not experts_only:
+                s = self.forward_joint(i, s, iso)
+        return self.forward_output(s)
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Parameter counts by top-level part (experts and joint layers summed over blocks)."""
+    counts: dict[str, int] = {}
+    for name, p in model.named_parameters():
+        parts = name.split(".")
+        key = parts[2] if parts[0] == "blocks" else parts[0]
+        counts[key] = counts.get(key, 0) + p.numel()
+    counts["total"] = sum(p.numel() for p in model.parameters())
+    return counts

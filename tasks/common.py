@@ -1,0 +1,119 @@
+"""What every pipeline step shares: params, paths, logging, MLflow, the model config."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jointdit.codecs import Codec, build_codec
+from jointdit.codecs.patch import PatchCodecConfig
+from jointdit.config import from_dict
+from jointdit.data.media import Clip, read_clip
+from jointdit.model.jointdit import JointDiTConfig
+
+RAW = Path("data/raw")
+VALIDATED = Path("data/validated")
+CACHE = Path("data/cache")
+MODELS = Path("models")
+REPORTS = Path("reports")
+PLOTS = REPORTS / "plots"
+
+
+def load_params(path: Path = Path("params.yaml")) -> dict[str, Any]:
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def get_logger() -> logging.Logger:
+    """Steps log to stderr; under the Prefect `pipeline` flow that stream lands in the run log."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    return logging.getLogger("jointdit")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomically: a reader never sees half a report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+@contextlib.contextmanager
+def mlflow_run(params: dict[str, Any], stage: str, logged: dict[str, Any]) -> Iterator[Any]:
+    """An MLflow run named after the stage, with that stage's params logged."""
+    import mlflow
+
+    mlflow.set_tracking_uri(params["mlflow"]["tracking_uri"])
+    mlflow.set_experiment(params["mlflow"]["experiment"])
+    with mlflow.start_run(run_name=stage, tags={"stage": stage}) as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in flatten(logged).items()})
+        yield run
+
+
+def codec_from(params: dict[str, Any]) -> Codec:
+    c = params["codec"]
+    patch = from_dict(
+        PatchCodecConfig,
+        {**c["patch"], "sample_rate": params["clip"]["sample_rate"]},
+        "codec.patch",
+    )
+    return build_codec(c["name"], patch)
+
+
+def model_config(params: dict[str, Any], codec: Codec) -> JointDiTConfig:
+    """params.model plus the sizes that follow from the codec and the clip."""
+    derived = {
+        "video_channels": codec.video_channels,
+        "audio_channels": codec.audio_channels,
+        "audio_bins": codec.audio_bins,
+        "video_fps": params["clip"]["fps"],
+        "audio_frame_rate": codec.audio_frame_rate,
+    }
+    return from_dict(JointDiTConfig, {**params["model"], **derived}, "model")
+
+
+def read_normalised(path: Path, params: dict[str, Any]) -> Clip:
+    """A clip decoded at the shape the model works at (params.clip)."""
+    clip = params["clip"]
+    return read_clip(
+        path,
+        fps=clip["fps"],
+        width=clip["width"],
+        height=clip["height"],
+        sample_rate=clip["sample_rate"],
+        duration_s=clip["duration_s"],
+    )
+
+
+def cli(step: Callable[..., Any], *args_names: str) -> None:
+    """`python -m tasks.X [ARG ...] [--params params.yaml]` for a step function."""
+    parser = argparse.ArgumentParser(description=step.__doc__)
+    for name in args_names:
+        parser.add_argument(name)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ns = parser.parse_args()
+    params = load_params(ns.params)
+    if params.get("torch_threads"):
+        import torch
+
+        torch.set_num_threads(params["torch_threads"])
+    step(params, *(getattr(ns, n) for n in args_names))

@@ -1,0 +1,63 @@
+"""The registered model: an MLflow pyfunc *from code* (this file is logged, no pickled class).
+
+Input: a DataFrame with a column `image` (path to a still image) and optional columns `prompt`,
+`seed`, `steps`, `guidance`, `shift`. Output: one dict per row with `frames` (T, H, W, 3) uint8,
+`audio` (S,) float32, `fps` and `sample_rate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+from jointdit.checkpoint import load_checkpoint
+from jointdit.codecs import build_codec
+from jointdit.codecs.patch import PatchCodecConfig
+from jointdit.config import from_dict
+from jointdit.data.images import load_image
+from jointdit.generate import SampleConfig, generate
+from jointdit.text import tokenize
+
+
+class JointDiTPyfunc(mlflow.pyfunc.PythonModel):
+    def load_context(self, context: Any) -> None:
+        self.model, _ = load_checkpoint(Path(context.artifacts["checkpoint"]))
+        serving = json.loads(Path(context.artifacts["serving"]).read_text())
+        self.clip = serving["clip"]
+        self.codec = build_codec(serving["codec"], from_dict(PatchCodecConfig, serving["patch"]))
+        self.sample = from_dict(SampleConfig, serving["sample"])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> list:
+        out = []
+        cfg = self.model.cfg
+        frames = round(self.clip["duration_s"] * self.clip["fps"])
+        audio_frames = round(self.clip["duration_s"] * self.codec.audio_frame_rate)
+        for row in model_input.to_dict("records"):
+            overrides = {  # cast: DataFrame cells arrive as numpy scalars
+                k: type(getattr(self.sample, k))(row[k])
+                for k in ("seed", "steps", "guidance", "shift")
+                if k in row and not pd.isna(row[k])
+            }
+            sample = dataclasses.replace(self.sample, **overrides)
+            pixels = load_image(Path(row["image"]), self.clip["width"], self.clip["height"])
+            image = self.codec.encode_video(pixels[None])
+            prompt = row.get("prompt") or ""
+            text = tokenize([prompt], cfg.text_vocab, cfg.text_len) if cfg.text_vocab else None
+            video, audio = generate(self.model, image, text, frames, audio_frames, sample)
+            out.append(
+                {
+                    "frames": self.codec.decode_video(video[0]),
+                    "audio": self.codec.decode_audio(audio[0]),
+                    "fps": float(self.clip["fps"]),
+                    "sample_rate": int(self.clip["sample_rate"]),
+                }
+            )
+        return out
+
+
+mlflow.models.set_model(JointDiTPyfunc())

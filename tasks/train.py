@@ -1,0 +1,114 @@
+"""experts / stage_a / stage_b: one training step, three contracts (see params.yaml).
+
+experts: a fresh model, joint layers skipped (each expert fitted alone; the iso baseline).
+stage_a: starts from the experts; only the joint layers learn.
+stage_b: starts from Stage A; the joint layers plus the configured I/O and expert layers learn.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from jointdit.checkpoint import load_checkpoint, save_checkpoint
+from jointdit.config import from_dict
+from jointdit.data.shards import load_split
+from jointdit.flow import FlowConfig
+from jointdit.model.jointdit import JointDiT, count_parameters
+from jointdit.training import TrainConfig, train, validation_loss
+from jointdit.viz import loss_curve
+from tasks.common import (
+    CACHE,
+    MODELS,
+    PLOTS,
+    REPORTS,
+    cli,
+    codec_from,
+    get_logger,
+    mlflow_run,
+    model_config,
+    write_json,
+)
+
+STARTS_FROM = {"experts": None, "stage_a": "experts", "stage_b": "stage_a"}
+
+
+def initial_model(params: dict[str, Any], stage: str) -> JointDiT:
+    parent = STARTS_FROM[stage]
+    if parent is None:
+        torch.manual_seed(params["seed"])
+        return JointDiT(model_config(params, codec_from(params)))
+    model, _ = load_checkpoint(MODELS / parent)
+    return model
+
+
+def write_history_csv(history: list[dict[str, float]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "train_loss", "val_loss"])
+        for h in history:
+            writer.writerow([h["step"], f"{h['train_loss']:.6f}", h.get("val_loss", "")])
+
+
+def train_stage(params: dict[str, Any], stage: str) -> dict[str, Any]:
+    """Train one stage; write models/<stage>/, reports/<stage>.json and its loss plot."""
+    if stage not in STARTS_FROM:
+        raise ValueError(f"unknown training stage {stage!r}; choose from {list(STARTS_FROM)}")
+    log = get_logger()
+    cfg = from_dict(TrainConfig, {"seed": params["seed"], **params[stage]}, stage)
+    flow = from_dict(FlowConfig, params["flow"], "flow")
+    train_set, val_set = load_split(CACHE, "train"), load_split(CACHE, "val")
+    model = initial_model(params, stage)
+    before = validation_loss(model, val_set.batch, flow, cfg.experts_only)
+    log.info(
+        "%s: %d train / %d val clips, %s",
+        stage,
+        len(train_set.batch),
+        len(val_set.batch),
+        count_parameters(model),
+    )
+
+    with mlflow_run(
+        params, stage, {stage: params[stage], "flow": params["flow"], "model": model.cfg.to_dict()}
+    ):
+        import mlflow
+
+        def on_step(step: int, record: dict[str, float]) -> None:
+            mlflow.log_metrics({k: v for k, v in record.items() if k != "step"}, step=step)
+            if "val_loss" in record:
+                log.info(
+                    "%s step %d: train %.4f val %.4f",
+                    stage,
+                    step,
+                    record["train_loss"],
+                    record["val_loss"],
+                )
+
+        history = train(model, train_set.batch, val_set.batch, cfg, flow, log=on_step)
+        after = validation_loss(model, val_set.batch, flow, cfg.experts_only)
+        save_checkpoint(MODELS / stage, model, {"stage": stage, "val_loss": after["loss"]})
+        report = {
+            "val_loss_before": before["loss"],
+            "val_loss": after["loss"],
+            "val_loss_video": after["loss_video"],
+            "val_loss_audio": after["loss_audio"],
+            "steps": cfg.steps,
+            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        }
+        write_json(REPORTS / f"{stage}.json", report)
+        write_history_csv(history, PLOTS / f"{stage}_loss.csv")
+        png = PLOTS / f"{stage}_loss.png"
+        loss_curve(history, png, f"{stage}: rectified-flow loss")
+        mlflow.log_metrics({"final_val_loss": after["loss"], "initial_val_loss": before["loss"]})
+        mlflow.log_artifact(str(png))
+        mlflow.log_artifacts(str(MODELS / stage), artifact_path="checkpoint")
+    log.info("%s: val loss %.4f -> %.4f", stage, before["loss"], after["loss"])
+    return report
+
+
+if __name__ == "__main__":
+    cli(train_stage, "stage")

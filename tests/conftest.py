@@ -1,0 +1,78 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+from jointdit.model.jointdit import JointDiT, JointDiTConfig
+
+# Tiny models gain nothing from threads, and spinning OpenMP threads on a busy 2-core machine
+# slow every step tenfold.
+torch.set_num_threads(1)
+
+TINY = JointDiTConfig(
+    video_channels=3,
+    audio_channels=1,
+    audio_bins=8,
+    video_patch=2,
+    audio_patch_f=4,
+    audio_patch_t=2,
+    dim=32,
+    depth=2,
+    heads=2,
+    text_vocab=50,
+    text_len=4,
+    video_fps=4.0,
+    audio_frame_rate=16.0,
+)
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every parameter random values, so zero-initialised gates do not hide behaviour."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model
+
+
+@pytest.fixture
+def tiny_cfg() -> JointDiTConfig:
+    return TINY
+
+
+@pytest.fixture
+def tiny_model() -> JointDiT:
+    torch.manual_seed(0)
+    return randomize(JointDiT(TINY)).eval()
+
+
+def tiny_inputs(
+    cfg: JointDiTConfig = TINY,
+    b: int = 2,
+    t: int = 3,
+    h: int = 4,
+    w: int = 6,
+    length: int = 10,
+    seed: int = 0,
+):
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        video=torch.randn(b, t, cfg.video_channels, h, w, generator=g),
+        audio=torch.randn(b, cfg.audio_channels, cfg.audio_bins, length, generator=g),
+        t_video=torch.rand(b, generator=g),
+        t_audio=torch.rand(b, generator=g),
+        image=torch.randn(b, cfg.video_channels, h, w, generator=g),
+        text=torch.randint(1, cfg.text_vocab, (b, cfg.text_len), generator=g),
+    )
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One ephemeral Prefect API for the whole session (its first start takes ~10 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield

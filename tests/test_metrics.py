@@ -1,0 +1,201 @@
+import numpy as np
+import pytest
+from scipy.linalg import sqrtm
+
+from jointdit.metrics.frechet import frames_embedding, frechet_distance, logmel_embedding
+from jointdit.metrics.sync import audio_onsets, av_align, onset_f1, video_peaks
+
+FPS = 8.0
+SR = 16000
+SIZE = 32
+N_FRAMES = 32  # 4 s
+SQUARE = 6
+FLOOR = 28  # the square's bottom row at impact; a gap below keeps it off the frame border
+DROP = 10.0  # pixels between apex and floor: at most 4 px per frame, under the square's size
+IMPACTS = 0.55 + np.arange(4.0)  # one bounce a second, between frames 4 and 5 (0.5, 0.625 s)
+
+
+def _bouncing_square() -> np.ndarray:
+    """A white square bouncing on the floor at IMPACTS, rendered with sub-pixel coverage."""
+    t = np.arange(N_FRAMES) / FPS
+    half = 0.5
+    since_impact = np.abs((t - IMPACTS[0] + half) % 1.0 - half)
+    height = DROP * (1 - ((half - since_impact) / half) ** 2)  # ballistic: 0 at impact
+    top = FLOOR - SQUARE - height
+    rows = np.arange(SIZE)[None, :]
+    coverage = np.clip(
+        np.minimum(rows + 1, top[:, None] + SQUARE) - np.maximum(rows, top[:, None]), 0, 1
+    )
+    frames = np.zeros((N_FRAMES, SIZE, SIZE, 3), np.uint8)
+    frames[:, :, 13 : 13 + SQUARE] = np.round(255 * coverage)[:, :, None, None]
+    return frames
+
+
+def _clicks(times: np.ndarray, duration_s: float, sample_rate: int = SR) -> np.ndarray:
+    """Short decaying noise bursts at ``times`` over a faint noise floor."""
+    rng = np.random.default_rng(0)
+    audio = rng.normal(0.0, 1e-3, round(duration_s * sample_rate))
+    burst = round(0.01 * sample_rate)
+    envelope = np.exp(-np.arange(burst) / (0.0025 * sample_rate))
+    for time in times:
+        start = round(time * sample_rate)
+        n = min(burst, len(audio) - start)
+        if n > 0:
+            audio[start : start + n] += 0.5 * rng.standard_normal(n) * envelope[:n]
+    return audio.astype(np.float32)
+
+
+# ---------------------------------------------------------------- sync
+
+
+@pytest.mark.parametrize("sample_rate", [16000, 44100])
+def test_audio_onsets_finds_clicks_within_20ms(sample_rate):
+    truth = np.array([0.3, 0.77, 1.41])
+    onsets = audio_onsets(_clicks(truth, 2.0, sample_rate), sample_rate)
+    # Exactly three: the noise floor that is there from t = 0 is not an onset of its own.
+    assert len(onsets) == len(truth)
+    np.testing.assert_allclose(onsets, truth, atol=0.02)
+
+
+def test_audio_onsets_of_silence_is_empty():
+    assert audio_onsets(np.zeros(SR, np.float32), SR).size == 0
+
+
+def test_video_peaks_bracket_each_impact():
+    # The impact at k + 0.55 s falls inside the frame pair (0.5, 0.625) + k, whose net
+    # displacement is small (down, then up): the flow peaks on the pair before it (stamped
+    # k + 0.5, one frame early at most) and on the pair after the rebound (k + 0.75).
+    expected = np.sort(np.concatenate([IMPACTS - 0.05, IMPACTS + 0.2]))
+    np.testing.assert_allclose(video_peaks(_bouncing_square(), FPS), expected)
+
+
+def test_av_align_aligned_beats_shifted_and_noise():
+    frames = _bouncing_square()
+    duration = N_FRAMES / FPS
+    aligned = av_align(frames, FPS, _clicks(IMPACTS, duration), SR)
+    # Half a bounce later every click lands on an apex, where the square hardly moves.
+    shifted = av_align(frames, FPS, _clicks(IMPACTS + 0.5, duration), SR)
+    noise_audio = np.random.default_rng(1).normal(0, 0.1, int(duration * SR)).astype(np.float32)
+    noise = av_align(frames, FPS, noise_audio, SR)
+    # 4 clicks, 8 video peaks (two per impact, see above), and only the peak before each
+    # impact is within a frame of its click: IoU 4 / (4 + 8 - 4). White noise has ~10 onsets a
+    # second, and some hit a video peak by chance.
+    assert aligned == pytest.approx(0.5)
+    assert shifted <= 0.1
+    assert noise <= 0.3
+    assert aligned - max(shifted, noise) >= 0.25
+
+
+def test_av_align_without_events_is_zero():
+    frames = np.full((8, SIZE, SIZE, 3), 128, np.uint8)
+    assert av_align(frames, FPS, np.zeros(SR, np.float32), SR) == 0.0
+
+
+def test_onset_f1_known_answers():
+    detected = np.array([0.1, 0.5, 0.52, 2.0])
+    reference = np.array([0.11, 0.5, 1.0])
+    scores = onset_f1(detected, reference, tolerance_s=0.05)
+    # 0.1-0.11 and 0.5-0.5 match; 0.52 is a double detection of 0.5; 2.0 and 1.0 are unmatched.
+    assert scores["precision"] == pytest.approx(2 / 4)
+    assert scores["recall"] == pytest.approx(2 / 3)
+    assert scores["f1"] == pytest.approx(4 / 7)
+
+
+def test_onset_f1_greedy_closest_first_and_empty_sets():
+    # 0.50 goes to the closer 0.52, leaving 0.46 unmatched.
+    assert onset_f1(np.array([0.5]), np.array([0.46, 0.52]), 0.05) == pytest.approx(
+        {"precision": 1.0, "recall": 0.5, "f1": 2 / 3}
+    )
+    assert onset_f1(np.array([]), np.array([]), 0.05) == {
+        "precision": 1.0,
+        "recall": 1.0,
+        "f1": 1.0,
+    }
+    assert onset_f1(np.array([]), np.array([1.0]), 0.05) == {
+        "precision": 0.0,
+        "recall": 0.0,
+        "f1": 0.0,
+    }
+    assert onset_f1(np.array([1.0]), np.array([1.2]), 0.05)["f1"] == 0.0
+
+
+# ---------------------------------------------------------------- frechet
+
+
+def _whitened(n: int, d: int, seed: int) -> np.ndarray:
+    """(n, d) samples with sample mean exactly 0 and sample covariance exactly I."""
+    x = np.random.default_rng(seed).standard_normal((n, d))
+    q, _ = np.linalg.qr(x - x.mean(axis=0))
+    return q * np.sqrt(n - 1)
+
+
+def test_frechet_of_identical_sets_is_zero():
+    a = np.random.default_rng(0).normal(size=(50, 8))
+    assert frechet_distance(a, a) < 1e-6
+
+
+def test_frechet_matches_scipy_sqrtm():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(200, 6)) @ rng.normal(size=(6, 6))
+    b = rng.normal(size=(150, 6)) @ rng.normal(size=(6, 6)) + 0.5
+    c1, c2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    direct = np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(c1 + c2 - 2 * sqrtm(c1 @ c2).real)
+    assert frechet_distance(a, b) == pytest.approx(direct, rel=1e-6)
+
+
+def test_frechet_closed_form_for_diagonal_gaussians():
+    var_a, var_b = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
+    mu_a, mu_b = np.array([0.0, 1.0, 2.0]), np.array([1.0, -1.0, 2.0])
+    a = mu_a + _whitened(40, 3, 2) * np.sqrt(var_a)
+    b = mu_b + _whitened(60, 3, 3) * np.sqrt(var_b)
+    # |mu_a - mu_b|^2 + sum (sqrt(var_a) - sqrt(var_b))^2 = 5 + (4 + 1 + 0)
+    assert frechet_distance(a, b) == pytest.approx(10.0, rel=1e-9)
+
+
+def test_frechet_mean_shift_adds_squared_norm():
+    a = np.random.default_rng(4).normal(size=(100, 5))
+    shift = np.array([1.0, -2.0, 0.0, 0.5, 3.0])
+    assert frechet_distance(a, a + shift) == pytest.approx(np.sum(shift**2), rel=1e-6)
+
+
+def test_frechet_with_fewer_samples_than_dimensions():
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(5, 32)), rng.normal(size=(7, 32)) + 0.1
+    distance = frechet_distance(a, b)
+    assert np.isfinite(distance) and distance >= 0.0
+    # Singular covariances: a pure shift is still exactly the squared shift.
+    assert frechet_distance(a, a + 0.5) == pytest.approx(32 * 0.25, rel=1e-6)
+
+
+def test_frechet_rejects_mismatched_features():
+    with pytest.raises(ValueError):
+        frechet_distance(np.zeros((4, 3)), np.zeros((4, 2)))
+
+
+# ---------------------------------------------------------------- embeddings
+
+
+def test_logmel_embedding_shape_determinism_and_loudness():
+    tone = np.sin(2 * np.pi * 440 * np.arange(SR) / SR).astype(np.float32) * 0.1
+    first = logmel_embedding(tone, SR)
+    assert first.shape == (128,)
+    np.testing.assert_array_equal(first, logmel_embedding(tone.copy(), SR))
+    louder = logmel_embedding(tone * 10, SR)
+    # A gain of 10 is +2 ln 10 on the log-power mean of every band well above the floor.
+    loud_bands = first[:64] > np.log(1e-6) + 10
+    assert loud_bands.any()
+    np.testing.assert_allclose((louder - first)[:64][loud_bands], 2 * np.log(10), atol=1e-3)
+    clicks = logmel_embedding(_clicks(np.array([0.2, 0.6]), 1.0), SR)
+    assert not np.allclose(clicks, first)
+
+
+def test_frames_embedding_shape_determinism_and_motion():
+    moving = _bouncing_square()
+    first = frames_embedding(moving)
+    assert first.shape == (256,)
+    np.testing.assert_array_equal(first, frames_embedding(moving.copy()))
+    still = np.repeat(moving[:1], N_FRAMES, axis=0)
+    embedded_still = frames_embedding(still)
+    np.testing.assert_array_equal(embedded_still[192:], 0.0)  # nothing moves
+    assert first[192:].max() > 0.01
+    assert not np.allclose(frames_embedding(255 - moving), first)

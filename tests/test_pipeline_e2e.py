@@ -1,0 +1,149 @@
+"""The whole chain at tiny size: `dvc repro` in a scratch project, then serve the result.
+
+The data is a `folder` source holding good clips and three bad ones (corrupt bytes, a clip
+without audio, an empty file): they must be rejected with reasons while the rest runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from jointdit.data.media import probe, write_clip
+from jointdit.data.synthetic import SyntheticConfig, make_clip
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_CLIP = {"duration_s": 1.0, "fps": 4.0, "width": 16, "height": 16, "sample_rate": 16000}
+
+
+def tiny_params() -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["torch_threads"] = 1
+    params["data"] = {
+        "source": "folder",
+        "folder": "incoming",
+        "synthetic": params["data"]["synthetic"],
+    }
+    params["validate"].update(min_duration_s=0.5, min_width=8, min_height=8, val_fraction=0.34)
+    params["clip"] = dict(TINY_CLIP)
+    params["codec"]["patch"]["griffin_lim_iters"] = 4
+    params["model"].update(dim=32, depth=1, heads=2, text_vocab=64, text_len=6)
+    for stage in ("experts", "stage_a", "stage_b"):
+        params[stage].update(steps=4, batch_size=2, warmup_steps=1, eval_every=2)
+    params["sample"]["steps"] = 2
+    params["evaluate"].update(num_samples=2, num_media=1)
+    return params
+
+
+def make_folder(folder: Path) -> None:
+    cfg = SyntheticConfig(duration_s=1.0, fps=4.0, width=16, height=16)
+    folder.mkdir()
+    for i in range(6):
+        clip = make_clip(cfg, i)
+        write_clip(folder / f"ball{i}.mp4", clip.frames, cfg.fps, clip.audio, cfg.sample_rate)
+        (folder / f"ball{i}.txt").write_text(clip.caption)
+    silent = make_clip(cfg, 99)
+    write_clip(folder / "no_audio.mp4", silent.frames, cfg.fps, None, cfg.sample_rate)
+    (folder / "corrupt.mp4").write_bytes(os.urandom(4096))
+    (folder / "empty.mp4").write_bytes(b"")
+
+
+def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    for name in ("jointdit", "tasks", "flows"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", root)
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    make_folder(root / "incoming")
+    run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], root)
+    run([sys.executable, "-m", "dvc", "repro"], root)
+    return root
+
+
+def test_bad_inputs_are_rejected_with_reasons_and_the_rest_runs(project):
+    rejected = pd.read_csv(project / "data/validated/rejected.csv")
+    rejected = dict(zip(rejected["path"], rejected["code"], strict=True))
+    assert rejected == {
+        "clips/corrupt.mp4": "unreadable",
+        "clips/empty.mp4": "empty_file",
+        "clips/no_audio.mp4": "no_audio",
+    }
+    report = json.loads((project / "reports/validation.json").read_text())
+    assert report["n_inputs"] == 9 and report["n_accepted"] == 6 and report["n_rejected"] == 3
+
+
+def test_every_stage_wrote_its_outputs(project):
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    assert set(metrics["val_loss"]) == {"untrained", "experts", "stage_a", "stage_b"}
+    assert metrics["val_loss"]["stage_b"] < metrics["val_loss"]["untrained"]
+    for system in ("joint", "baseline"):
+        assert set(metrics[system]) == {"av_align", "fd_logmel", "fd_frames"}
+        assert 0.0 <= metrics[system]["av_align"] <= 1.0
+    assert metrics["n_samples"] == 2
+    for stage in ("experts", "stage_a", "stage_b"):
+        assert (project / "models" / stage / "model.safetensors").is_file()
+    samples = sorted(p.name for p in (project / "reports/samples").iterdir())
+    assert "00_joint.mp4" in samples and "00_joint.png" in samples
+    registry = json.loads((project / "reports/registry.json").read_text())
+    assert registry["version"] == 1 and registry["champion"] == 1 and registry["promoted"]
+
+
+def test_second_repro_reruns_nothing_and_metrics_show(project):
+    out = run([sys.executable, "-m", "dvc", "repro"], project).stdout
+    assert "Running stage" not in out
+    shown = run([sys.executable, "-m", "dvc", "metrics", "show"], project).stdout
+    assert "reports/metrics.json" in shown and "stage_b" in shown
+
+
+def test_registered_champion_loads_in_a_fresh_process(project):
+    script = (
+        "import mlflow, json;"
+        "mlflow.set_tracking_uri('sqlite:///mlflow.db');"
+        "m = mlflow.pyfunc.load_model('models:/jointdit@champion');"
+        "print(json.dumps(sorted(m.metadata.get_model_info().flavors)))"
+    )
+    out = run([sys.executable, "-c", script], project).stdout
+    assert "python_function" in out
+
+
+def test_sample_flow_writes_a_sounding_video(project, prefect_harness, monkeypatch):
+    from flows.sample import sample
+
+    monkeypatch.chdir(project)
+    image = project / "drawn.png"
+    canvas = np.zeros((40, 40, 3), dtype=np.uint8)
+    canvas[30:, :] = 128  # a floor
+    canvas[5:13, 16:24] = (230, 40, 40)  # a red square, not a frame of the data set
+    Image.fromarray(canvas).save(image)
+    paths = sample(
+        image=str(image),
+        prompt="a red ball bouncing",
+        seed=3,
+        steps=2,
+        tracking_uri="sqlite:///mlflow.db",
+        out_dir=str(project / "outputs"),
+    )
+    info = probe(Path(paths["video"]))
+    assert info.has_audio and info.fps == TINY_CLIP["fps"]
+    assert (info.width, info.height) == (TINY_CLIP["width"], TINY_CLIP["height"])
+    assert abs(info.duration_s - TINY_CLIP["duration_s"]) < 0.1
+    assert Path(paths["audio"]).stat().st_size > 16000  # 1 s of 16-bit PCM
+    assert Path(paths["preview"]).stat().st_size > 0

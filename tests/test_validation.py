@@ -1,0 +1,196 @@
+import json
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from jointdit.data.manifest import (
+    ManifestError,
+    RawManifest,
+    ValidatedManifest,
+    ValidationConfig,
+    read_manifest,
+    resolve_inside,
+    write_manifest,
+)
+from jointdit.data.media import write_clip
+from jointdit.data.sources import fetch_folder
+from jointdit.data.validation import assign_split, gx_report, validate
+
+GOOD = [f"clips/good{i}.mp4" for i in range(4)]
+EXPECTED_REJECTIONS = {
+    "clips/corrupt.mp4": "unreadable",
+    "clips/empty.mp4": "empty_file",
+    "clips/short.mp4": "schema",
+    "clips/silent.mp4": "no_audio",
+    "clips/zz_copy_of_good0.mp4": "duplicate",
+}
+
+
+def _write(path, duration_s=1.5, audio=True, seed=0):
+    fps, sr = 8.0, 16000
+    frames = np.random.default_rng(seed).integers(0, 256, (round(duration_s * fps), 32, 32, 3))
+    t = np.arange(round(duration_s * sr)) / sr
+    sound = (0.3 * np.sin(2 * np.pi * (220 + 40 * seed) * t))[None].astype(np.float32)
+    write_clip(path, frames.astype(np.uint8), fps, sound if audio else None, sr)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("validation")
+    src = root / "src"
+    src.mkdir()
+    for i in range(4):
+        _write(src / f"good{i}.mp4", seed=i)
+    (src / "good1.txt").write_text("a tone and noise")
+    _write(src / "silent.mp4", audio=False)
+    _write(src / "short.mp4", duration_s=0.3)
+    (src / "corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
+    (src / "empty.mp4").write_bytes(b"")
+    shutil.copy(src / "good0.mp4", src / "zz_copy_of_good0.mp4")
+    raw_dir = root / "raw"
+    raw = fetch_folder(src, raw_dir)
+    return raw, raw_dir, validate(raw, raw_dir, ValidationConfig())
+
+
+def test_accepts_exactly_the_good_clips(folder):
+    _, _, result = folder
+    assert list(result.accepted["path"]) == GOOD
+    ValidatedManifest.validate(result.accepted)
+    assert result.accepted.set_index("path").at["clips/good1.mp4", "caption"] == "a tone and noise"
+    assert result.accepted["has_audio"].all()
+
+
+def test_rejects_each_bad_file_with_its_code_and_name(folder):
+    raw, _, result = folder
+    assert dict(zip(result.rejected["path"], result.rejected["code"], strict=True)) == (
+        EXPECTED_REJECTIONS
+    )
+    for row in result.rejected.itertuples():
+        assert row.path in row.reason
+    short = result.rejected.set_index("path").at["clips/short.mp4", "reason"]
+    assert "duration_s" in short and "greater_than_or_equal_to(1.0)" in short
+    assert len(result.accepted) + len(result.rejected) == len(raw)
+
+
+def test_split_has_both_sides_and_is_stable(folder):
+    _, _, result = folder
+    assert set(result.accepted["split"]) == {"train", "val"}
+
+    digests = pd.Series([f"{i:064x}" for i in range(200)])
+    split = assign_split(digests, 0.125, seed=0)
+    assert 10 <= (split == "val").sum() <= 40
+    # Adding clips does not move existing ones.
+    pd.testing.assert_series_equal(assign_split(digests[:150], 0.125, seed=0), split[:150])
+    assert not split.equals(assign_split(digests, 0.125, seed=1))
+    # Two clips are always split one and one, even when the fraction says otherwise.
+    for fraction in (0.0, 1.0):
+        assert sorted(assign_split(digests[:2], fraction, seed=0)) == ["train", "val"]
+
+
+def test_report_counts_match_and_serialise(folder):
+    raw, _, result = folder
+    report = json.loads(json.dumps(result.report, allow_nan=False))
+    assert report["n_inputs"] == len(raw) == 9
+    assert report["n_accepted"] == 4
+    assert report["n_rejected"] == 5
+    assert report["n_train"] + report["n_val"] == 4
+    assert report["rejected_by_code"] == {
+        "duplicate": 1,
+        "empty_file": 1,
+        "no_audio": 1,
+        "schema": 1,
+        "unreadable": 1,
+    }
+    gx = report["gx"]
+    assert isinstance(gx["success"], bool)
+    assert all(isinstance(e["success"], bool) for e in gx["expectations"])
+    # The report covers every probed clip, so the silent and short ones show up as failures.
+    failing = {e["column"] for e in gx["expectations"] if not e["success"]}
+    assert failing == {"has_audio", "duration_s", "sample_rate"}
+
+
+def test_gx_report_flags_a_violating_table(folder):
+    _, _, result = folder
+    table = result.accepted.drop(columns="split")
+    assert gx_report(table, ValidationConfig())["success"] is True
+
+    bad = table.assign(fps=[8.0, 8.0, 8.0, 240.0])
+    report = gx_report(bad, ValidationConfig())
+    assert report["success"] is False
+    (fps,) = [e for e in report["expectations"] if e["column"] == "fps"]
+    assert fps["success"] is False
+    assert fps["unexpected_count"] == 1
+    assert fps["partial_unexpected_list"] == [240.0]
+
+
+def test_checksum_path_and_missing_file_rejections(folder):
+    raw, raw_dir, _ = folder
+    tampered = raw[raw["path"].isin(GOOD[:3])].reset_index(drop=True)
+    tampered.loc[0, "sha256"] = "0" * 64
+    tampered.loc[1, "path"] = "../../etc/passwd"
+    tampered.loc[2, "path"] = "clips/gone.mp4"
+    result = validate(tampered, raw_dir, ValidationConfig())
+    assert list(result.rejected["code"]) == ["checksum_mismatch", "path_escape", "missing_file"]
+    assert result.accepted.empty
+
+
+def test_thresholds_come_from_the_config(folder):
+    raw, raw_dir, _ = folder
+    good = raw[raw["path"].isin(GOOD)]
+    result = validate(good, raw_dir, ValidationConfig(min_fps=10.0))
+    assert set(result.rejected["code"]) == {"schema"}
+    assert all("fps" in reason for reason in result.rejected["reason"])
+
+
+def test_resolve_inside_refuses_escapes(tmp_path):
+    root = tmp_path / "raw"
+    (root / "clips").mkdir(parents=True)
+    assert resolve_inside(root, "clips/a.mp4") == (root / "clips" / "a.mp4").resolve()
+    for bad in ("../../etc/passwd", "/etc/passwd", "clips/../../x.mp4"):
+        with pytest.raises(ValueError, match=r"x\.mp4|passwd"):
+            resolve_inside(root, bad)
+    os.symlink(tmp_path, root / "clips" / "out")
+    with pytest.raises(ValueError, match="out"):
+        resolve_inside(root, "clips/out/secret.mp4")
+
+
+def _raw_table():
+    return pd.DataFrame(
+        {
+            "path": ["clips/a.mp4", "clips/b.mp4"],
+            "sha256": ["1" * 64, "ab" * 32],
+            "size_bytes": [10, 0],
+            "caption": ["", "1.0"],  # empty and number-like captions must stay text
+            "events": ["[0.5, 1.25]", ""],
+            "source": ["folder", "folder"],
+        }
+    )
+
+
+def test_manifest_csv_round_trip(tmp_path):
+    df = _raw_table()
+    write_manifest(df, tmp_path / "manifest.csv")
+    back = read_manifest(tmp_path / "manifest.csv")
+    pd.testing.assert_frame_equal(back, RawManifest.validate(df))
+    assert list(back["caption"]) == ["", "1.0"]
+    assert list(tmp_path.iterdir()) == [tmp_path / "manifest.csv"]
+
+
+def test_write_manifest_refuses_an_invalid_table(tmp_path):
+    path = tmp_path / "manifest.csv"
+    bad = _raw_table().assign(sha256=["not-hex", "ab" * 32], events=["[-1]", "nope"])
+    with pytest.raises(ManifestError, match=str(path)) as err:
+        write_manifest(bad, path)
+    assert "sha256" in str(err.value) and "events" in str(err.value)
+    assert not path.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_manifest_names_the_file_it_rejects(tmp_path):
+    path = tmp_path / "manifest.csv"
+    path.write_text("path,sha256\nclips/a.mp4,abc\n")
+    with pytest.raises(ManifestError, match=str(path)):
+        read_manifest(path)
