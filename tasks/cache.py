@@ -8,8 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from jointdit.codecs import Codec
-from jointdit.config import from_dict
-from jointdit.data.manifest import ValidationConfig, read_manifest, validated_schema
+from jointdit.data.manifest import ValidatedManifest, read_manifest
 from jointdit.data.shards import build_shards, write_index
 from jointdit.text import tokenize
 from tasks.common import CACHE, RAW, VALIDATED, cli, codec_from, get_logger, read_normalised
@@ -29,10 +28,9 @@ def encode_clip(row: dict, params: dict[str, Any], codec: Codec) -> dict[str, to
 
 
 def cache(params: dict[str, Any]) -> dict[str, Any]:
-    cfg = from_dict(ValidationConfig, params["validate"], "validate")
-    manifest = read_manifest(VALIDATED / "manifest.csv", validated_schema(cfg))
+    manifest = read_manifest(VALIDATED / "manifest.csv", ValidatedManifest)
     codec = codec_from(params)
-    rows = manifest.astype({"has_audio": bool}).to_dict("records")
+    rows = manifest.to_dict("records")
     entries = []
     with tqdm(total=len(rows), desc="cache", dynamic_ncols=True) as bar:
         for split in ("train", "val"):

@@ -147,3 +147,26 @@ def test_sample_flow_writes_a_sounding_video(project, prefect_harness, monkeypat
     assert abs(info.duration_s - TINY_CLIP["duration_s"]) < 0.1
     assert Path(paths["audio"]).stat().st_size > 16000  # 1 s of 16-bit PCM
     assert Path(paths["preview"]).stat().st_size > 0
+
+
+def test_pipeline_flow_runs_the_dvc_stages_and_the_gate_holds(
+    project, prefect_harness, monkeypatch
+):
+    from flows.pipeline import pipeline
+
+    monkeypatch.chdir(project)
+    metrics = pipeline()  # every stage up to date: DVC no-ops, run as Prefect tasks
+    assert metrics == json.loads((project / "reports/metrics.json").read_text())
+    # registering the same model again: a new candidate that does not beat the champion
+    pipeline(stages=["register"], force=True)
+    registry = json.loads((project / "reports/registry.json").read_text())
+    assert registry["version"] == 2 and registry["candidate"] == 2
+    assert registry["champion"] == 1 and not registry["promoted"]
+    assert "does not beat" in registry["reason"]
+
+
+def test_pipeline_flow_rejects_unknown_stages(prefect_harness):
+    from flows.pipeline import pipeline
+
+    with pytest.raises(ValueError, match="unknown stages"):
+        pipeline(stages=["trian"])
