@@ -71,7 +71,7 @@ def sample(
     paths = write_outputs(result, Path(out_dir), stem, prompt or Path(image).name)
     mlflow.set_experiment("jointdit-samples")
     with mlflow.start_run(run_name="sample", tags={"stage": "sample", "model_uri": model_uri}):
-        mlflow.log_params({k: v for k, v in request.items()} | {"model_uri": model_uri})
+        mlflow.log_params({**request, "model_uri": model_uri})
         for path in paths.values():
             mlflow.log_artifact(path)
     logger.info("sample: wrote %s", paths)

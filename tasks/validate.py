@@ -35,7 +35,7 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
     )
     for row in result.rejected.itertuples():
         log.warning("rejected %s [%s]: %s", row.path, row.code, row.reason)
-    with mlflow_run(params, "validate", {"validate": params["validate"]}) as _:
+    with mlflow_run(params, "validate", {"validate": params["validate"]}):
         import mlflow
 
         mlflow.log_metrics(
