@@ -15,6 +15,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--steps", type=int)
     s.add_argument("--guidance", choices=["none", "cfg", "jointcfg"])
+    s.add_argument("--sampler", choices=["euler", "heun"])
     s.add_argument("--model-uri", default="models:/jointdit@champion")
     s.add_argument("--out-dir", default="outputs")
     s.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
             seed=args.seed,
             steps=args.steps,
             guidance=args.guidance,
+            sampler=args.sampler,
             model_uri=args.model_uri,
             out_dir=args.out_dir,
             tracking_uri=args.tracking_uri,

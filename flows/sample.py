@@ -50,11 +50,12 @@ def sample(
     seed: int = 0,
     steps: int | None = None,
     guidance: str | None = None,
+    sampler: str | None = None,
     model_uri: str = DEFAULT_MODEL,
     out_dir: str = "outputs",
     tracking_uri: str = "sqlite:///mlflow.db",
 ) -> dict[str, str]:
-    """Animate and sound `image`; steps/guidance default to the registered model's settings."""
+    """Animate and sound `image`; steps/guidance/sampler default to the registered model's."""
     import mlflow
 
     logger = get_run_logger()
@@ -65,6 +66,8 @@ def sample(
         request["steps"] = steps
     if guidance is not None:
         request["guidance"] = guidance
+    if sampler is not None:
+        request["sampler"] = sampler
     model = load_model(model_uri, tracking_uri)
     result = predict(model, request)
     stem = f"{Path(image).stem}_seed{seed}"

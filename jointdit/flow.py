@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from jointdit.model.jointdit import JointDiT
@@ -21,6 +20,9 @@ class FlowConfig:
     logit_normal_std: float = 1.0  # t = sigmoid(N(0, std)): more weight on mid-range t (SD3)
     p_drop_image: float = 0.1  # condition dropout, for classifier-free guidance
     p_drop_text: float = 0.1
+    # share of samples with one modality held clean (t = 0, no loss on it), so the model also
+    # learns video -> audio and audio -> video (the v2a / a2v sampling modes)
+    p_hold: float = 0.1
 
 
 @dataclass
@@ -39,8 +41,13 @@ def noised(x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
     return (1 - t.view(shape)) * x0 + t.view(shape) * noise
 
 
-def sample_t(n: int, std: float, generator: torch.Generator) -> Tensor:
-    return torch.sigmoid(torch.randn(n, generator=generator) * std)
+def sample_t(n: int, cfg: FlowConfig, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(t_video, t_audio): one shared logit-normal t, with p_hold of samples holding a
+    modality clean (t = 0), video or audio with equal odds."""
+    t = torch.sigmoid(torch.randn(n, generator=generator) * cfg.logit_normal_std)
+    hold = torch.rand(n, generator=generator) < cfg.p_hold
+    video_held = torch.rand(n, generator=generator) < 0.5
+    return t.masked_fill(hold & video_held, 0.0), t.masked_fill(hold & ~video_held, 0.0)
 
 
 def drop_conditions(batch: Batch, cfg: FlowConfig, generator: torch.Generator) -> Batch:
@@ -56,27 +63,33 @@ def drop_conditions(batch: Batch, cfg: FlowConfig, generator: torch.Generator) -
     )
 
 
+def _masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    per_sample = (pred - target).square().flatten(1).mean(1)
+    return (per_sample * mask).sum() / mask.sum().clamp_min(1)
+
+
 def flow_loss(
     model: JointDiT,
     batch: Batch,
-    t: Tensor,
+    t_video: Tensor,
+    t_audio: Tensor,
     generator: torch.Generator,
     audio_weight: float,
     experts_only: bool = False,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Velocity MSE at times t (B,), shared by both modalities; returns (loss, parts)."""
+    """Velocity MSE at per-modality times (B,); a modality held clean (t = 0) has no loss."""
     noise_v = torch.randn(batch.video.shape, generator=generator)
     noise_a = torch.randn(batch.audio.shape, generator=generator)
     pred_v, pred_a = model(
-        noised(batch.video, noise_v, t),
-        noised(batch.audio, noise_a, t),
-        t,
-        t,
+        noised(batch.video, noise_v, t_video),
+        noised(batch.audio, noise_a, t_audio),
+        t_video,
+        t_audio,
         batch.image,
         batch.text,
         experts_only=experts_only,
     )
-    loss_v = F.mse_loss(pred_v, noise_v - batch.video)
-    loss_a = F.mse_loss(pred_a, noise_a - batch.audio)
+    loss_v = _masked_mse(pred_v, noise_v - batch.video, (t_video > 0).float())
+    loss_a = _masked_mse(pred_a, noise_a - batch.audio, (t_audio > 0).float())
     loss = (loss_v + audio_weight * loss_a) / (1 + audio_weight)
     return loss, {"loss": loss.item(), "loss_video": loss_v.item(), "loss_audio": loss_a.item()}

@@ -1,4 +1,9 @@
-"""Image (+ text) -> (video, audio) latents: noise, the guided velocity, an Euler sampler."""
+"""Image (+ text) -> (video, audio) latents: noise, the guided velocity, a sampler.
+
+Modes (one model, per-modality timesteps): `i2sv` generates both; `v2a` holds a given video
+clean (t_video = 0 throughout) and generates its audio; `a2v` holds a given audio clean and
+generates the video.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +14,16 @@ from torch import Tensor
 
 from jointdit.guidance import Condition, guidance_weights, guided_velocity
 from jointdit.model.jointdit import JointDiT
-from jointdit.sampling import Latents, sample_euler, timesteps
+from jointdit.sampling import Latents, sample
 
 
 @dataclass(frozen=True)
 class SampleConfig:
-    steps: int = 16  # model evaluations (each one batched forward of all guidance passes)
+    steps: int = 16  # model evaluations: each one batched forward of all guidance passes
     shift: float = 1.0
     guidance: str = "jointcfg"
     seed: int = 0
+    sampler: str = "euler"  # euler | heun
 
 
 @torch.no_grad()
@@ -29,21 +35,30 @@ def generate(
     audio_frames: int,
     cfg: SampleConfig,
     experts_only: bool = False,
+    video: Tensor | None = None,
+    audio: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Latents (B, T, Cv, H, W) and (B, Ca, F, L) for first-frame latents `image` (B, Cv, H, W)."""
+    """Latents (B, T, Cv, H, W) and (B, Ca, F, L) for first-frame latents `image` (B, Cv, H, W).
+
+    Pass clean `video` latents for v2a or clean `audio` latents for a2v; they come back as given.
+    """
+    if video is not None and audio is not None:
+        raise ValueError("give clean video (v2a) or clean audio (a2v), not both")
     mc = model.cfg
     b, c, h, w = image.shape
     generator = torch.Generator().manual_seed(cfg.seed)
-    noise = (
-        torch.randn(b, frames, c, h, w, generator=generator),
-        torch.randn(b, mc.audio_channels, mc.audio_bins, audio_frames, generator=generator),
-    )
+    noise_v = torch.randn(b, frames, c, h, w, generator=generator)
+    noise_a = torch.randn(b, mc.audio_channels, mc.audio_bins, audio_frames, generator=generator)
+    hold_v, hold_a = video is not None, audio is not None
     weights = guidance_weights(cfg.guidance)
     cond = Condition(image=image, text=text)
 
     def velocity(x: Latents, t: float) -> Latents:
-        tt = torch.full((b,), t)
-        return guided_velocity(model, x[0], x[1], tt, tt, cond, weights, experts_only)
+        t_v = torch.full((b,), 0.0 if hold_v else t)
+        t_a = torch.full((b,), 0.0 if hold_a else t)
+        v, a = guided_velocity(model, x[0], x[1], t_v, t_a, cond, weights, experts_only)
+        return (torch.zeros_like(v) if hold_v else v, torch.zeros_like(a) if hold_a else a)
 
-    video, audio = sample_euler(velocity, noise, timesteps(cfg.steps, cfg.shift))
-    return video, audio
+    start = (video if hold_v else noise_v, audio if hold_a else noise_a)
+    out_v, out_a = sample(cfg.sampler, velocity, start, cfg.steps, cfg.shift)
+    return out_v, out_a

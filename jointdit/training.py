@@ -31,6 +31,9 @@ class TrainConfig:
     frozen: tuple[str, ...] = ()  # excluded even when matched by `trainable`
     experts_only: bool = False  # skip the joint layers (the experts stage)
     eval_every: int = 50
+    grad_checkpointing: bool = False  # less activation memory, one more forward per step
+    bf16: bool = False  # bf16 autocast (on CPU too, where it is rarely faster)
+    compile: bool = False  # torch.compile the model for the training steps
 
 
 def set_trainable(
@@ -64,9 +67,8 @@ def validation_loss(
     totals: dict[str, float] = {}
     grid = (0.1, 0.3, 0.5, 0.7, 0.9)
     for t in grid:
-        _, parts = flow_loss(
-            model, data, torch.full((len(data),), t), generator, flow.audio_weight, experts_only
-        )
+        tt = torch.full((len(data),), t)
+        _, parts = flow_loss(model, data, tt, tt, generator, flow.audio_weight, experts_only)
         for k, v in parts.items():
             totals[k] = totals.get(k, 0.0) + v / len(grid)
     model.train(was_training)
@@ -98,14 +100,20 @@ def train(
     generator = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, float]] = []
     model.train()
+    model.grad_checkpointing = cfg.grad_checkpointing
+    step_model = torch.compile(model) if cfg.compile else model
+    device = next(model.parameters()).device.type
     bar = tqdm(range(cfg.steps), desc="train", disable=not progress, dynamic_ncols=True)
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         idx = torch.randint(len(train_data), (cfg.batch_size,), generator=generator)
         batch = drop_conditions(subset(train_data, idx), flow, generator)
-        t = sample_t(cfg.batch_size, flow.logit_normal_std, generator)
-        loss, parts = flow_loss(model, batch, t, generator, flow.audio_weight, cfg.experts_only)
+        t_v, t_a = sample_t(cfg.batch_size, flow, generator)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss, parts = flow_loss(
+                step_model, batch, t_v, t_a, generator, flow.audio_weight, cfg.experts_only
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

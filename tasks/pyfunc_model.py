@@ -1,8 +1,8 @@
 """The registered model: an MLflow pyfunc *from code* (this file is logged, no pickled class).
 
-Input: a DataFrame with a column `image` (path to a still image) and optional columns `prompt`,
-`seed`, `steps`, `guidance`, `shift`. Output: one dict per row with `frames` (T, H, W, 3) uint8,
-`audio` (S,) float32, `fps` and `sample_rate`.
+Input: a DataFrame with a column `image` (path to a still image) and optional columns
+`prompt`, `seed`, `steps`, `guidance`, `shift`, `sampler`. Output: one dict per row with
+`frames` (T, H, W, 3) uint8, `audio` (S,) float32, `fps` and `sample_rate`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class JointDiTPyfunc(mlflow.pyfunc.PythonModel):
         for row in model_input.to_dict("records"):
             overrides = {  # cast: DataFrame cells arrive as numpy scalars
                 k: type(getattr(self.sample, k))(row[k])
-                for k in ("seed", "steps", "guidance", "shift")
+                for k in ("seed", "steps", "guidance", "shift", "sampler")
                 if k in row and not pd.isna(row[k])
             }
             sample = dataclasses.replace(self.sample, **overrides)

@@ -1,8 +1,10 @@
 import pytest
 import torch
 
+from jointdit.flow import Batch, FlowConfig, flow_loss, sample_t
+from jointdit.generate import SampleConfig, generate
 from jointdit.guidance import Condition, GuidanceWeights, guidance_weights, guided_velocity
-from jointdit.sampling import sample_euler, timesteps
+from jointdit.sampling import sample, sample_euler, sample_heun, timesteps
 from tests.conftest import tiny_inputs
 
 
@@ -110,3 +112,78 @@ def test_euler_counts_evaluations_and_is_exact_for_constant_velocity():
     # x_t = (1 - t) x0 + t * 1 with velocity 1 - x0 integrates exactly to x0
     for o, tgt in zip(out, target, strict=True):
         torch.testing.assert_close(o, tgt)
+
+
+@pytest.mark.parametrize(("sampler", "evaluations"), [("euler", 5), ("heun", 5), ("heun", 6)])
+def test_samplers_use_exactly_the_evaluations_asked_for(sampler, evaluations):
+    calls = []
+
+    def velocity(x, t):
+        calls.append(t)
+        return tuple(torch.zeros_like(xi) for xi in x)
+
+    sample(sampler, velocity, (torch.ones(2),), evaluations, shift=1.0)
+    assert len(calls) == evaluations
+
+
+def test_heun_is_second_order():
+    # dx/dt = x from t = 1 to t = 0: x(0) = x(1) / e
+    def velocity(x, t):
+        return tuple(x)
+
+    x1 = (torch.ones(1, dtype=torch.float64),)
+    exact = torch.exp(torch.tensor(-1.0, dtype=torch.float64))
+
+    def error(fn, n):
+        return abs(fn(velocity, x1, timesteps(n).double())[0].item() - exact.item())
+
+    assert error(sample_heun, 8) < error(sample_euler, 16) / 10  # same 16 evaluations
+    ratio = error(sample_heun, 8) / error(sample_heun, 16)
+    assert 3.5 < ratio < 4.5  # halving the step quarters the error
+
+
+@pytest.mark.parametrize("held", ["video", "audio"])
+def test_conditional_modes_keep_the_given_modality_and_generate_the_other(tiny_model, held):
+    x = tiny_inputs(b=2, t=2, h=4, w=4, length=6)
+    cfg = SampleConfig(steps=3, guidance="jointcfg", seed=1)
+    given = {held: x[held]}
+    v, a = generate(tiny_model, x["image"], x["text"], 2, 6, cfg, **given)
+    out, other = (v, a) if held == "video" else (a, v)
+    assert torch.equal(out, x[held])
+    # the generated modality depends on the held one (the joint attention sees it)
+    changed = {held: torch.randn_like(x[held])}
+    v2, a2 = generate(tiny_model, x["image"], x["text"], 2, 6, cfg, **changed)
+    assert not torch.allclose(other, a2 if held == "video" else v2)
+
+
+def test_generate_refuses_both_modalities_given(tiny_model):
+    x = tiny_inputs()
+    with pytest.raises(ValueError, match="not both"):
+        generate(
+            tiny_model,
+            x["image"],
+            x["text"],
+            3,
+            10,
+            SampleConfig(steps=1),
+            video=x["video"],
+            audio=x["audio"],
+        )
+
+
+def test_sample_t_holds_one_modality_at_the_configured_rate():
+    g = torch.Generator().manual_seed(0)
+    t_v, t_a = sample_t(20000, FlowConfig(p_hold=0.3), g)
+    assert not ((t_v == 0) & (t_a == 0)).any()
+    assert abs((t_v == 0).float().mean().item() - 0.15) < 0.01
+    assert abs((t_a == 0).float().mean().item() - 0.15) < 0.01
+    assert ((t_v > 0) & (t_v < 1)).sum() > 0
+
+
+def test_a_held_modality_has_no_loss(tiny_model):
+    x = tiny_inputs(b=3)
+    batch = Batch(x["video"], x["audio"], x["image"], x["text"])
+    g = torch.Generator().manual_seed(0)
+    zero, half = torch.zeros(3), torch.full((3,), 0.5)
+    _, parts = flow_loss(tiny_model, batch, zero, half, g, audio_weight=1.0)
+    assert parts["loss_video"] == 0.0 and parts["loss_audio"] > 0

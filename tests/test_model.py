@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from jointdit.model.jointdit import JointDiT, count_parameters
+from jointdit.model.jointdit import JointDiT, count_parameters, pool_tokens
 from jointdit.model.rope import apply_rope, axis_dims, rope_angles
 from jointdit.training import set_trainable
 from tests.conftest import TINY, randomize, tiny_inputs
@@ -160,3 +160,45 @@ def test_set_trainable_without_match_is_an_error():
 def test_parameter_counts_add_up():
     counts = count_parameters(JointDiT(TINY))
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
+
+
+def test_pool_tokens_known_answer():
+    x = torch.arange(5.0).view(1, 1, 5, 1)
+    torch.testing.assert_close(pool_tokens(x, 2).flatten(), torch.tensor([0.5, 2.5, 4.0]))
+
+
+def test_query_chunking_is_exact_and_kv_downsampling_approximates(tiny_model):
+    x = tiny_inputs()
+    reference = tiny_model(**x)
+    for knobs, exact in (({"query_chunk": 5}, True), ({"kv_downsample": 2}, False)):
+        model = JointDiT(dataclasses.replace(TINY, **knobs)).eval()
+        model.load_state_dict(tiny_model.state_dict())
+        out = model(**x)
+        assert out[0].shape == reference[0].shape and out[1].shape == reference[1].shape
+        if exact:
+            torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
+        else:
+            assert not torch.allclose(out[0], reference[0])
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    x = tiny_inputs()
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = randomize(JointDiT(TINY)).train()
+        model.grad_checkpointing = checkpointing
+        sum(o.square().mean() for o in model(**x)).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, msg=name)
+
+
+def test_bf16_autocast_forward_runs_and_stays_close(tiny_model):
+    x = tiny_inputs()
+    reference = tiny_model(**x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = tiny_model(**x)
+    assert out[0].dtype == torch.bfloat16
+    err = (out[0].float() - reference[0]).abs().mean() / reference[0].abs().mean()
+    assert err < 0.05

@@ -71,3 +71,12 @@ def test_learning_rate_warms_up_then_decays():
     cfg = TrainConfig(steps=100, lr=1.0, warmup_steps=10)
     assert lr_at(0, cfg) == 0.1 and lr_at(9, cfg) == 1.0
     assert lr_at(99, cfg) < 0.2 and lr_at(50, cfg) < lr_at(20, cfg)
+
+
+def test_bf16_and_checkpointed_training_steps_run():
+    torch.manual_seed(0)
+    model = randomize(JointDiT(TINY))
+    cfg = TrainConfig(steps=2, batch_size=2, grad_checkpointing=True, bf16=True, eval_every=2)
+    history = train(model, _data(), _data(), cfg, FlowConfig(), progress=False)
+    assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in history)
+    assert model.grad_checkpointing

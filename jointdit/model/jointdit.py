@@ -14,11 +14,12 @@ The image condition (the first-frame latent) is concatenated on channels to ever
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from jointdit.model.rope import apply_rope, axis_dims, rope_angles
 
@@ -31,7 +32,7 @@ class JointDiTConfig:
     video_patch: int = 2  # spatial patch of video latents (time is not patched)
     audio_patch_f: int = 8
     audio_patch_t: int = 4
-    dim: int = 96
+    dim: int = 192
     depth: int = 3
     heads: int = 4
     mlp_ratio: float = 4.0
@@ -42,6 +43,10 @@ class JointDiTConfig:
     audio_frame_rate: float = 64.0  # audio latent frames per second
     rope_time_scale: float = 16.0  # RoPE time positions per second, shared by both modalities
     rope_theta: float = 1000.0
+    # Memory knobs, off by default (measured in benchmarks/attention.py): run queries in
+    # chunks (exact), average-pool keys/values over groups of tokens (an approximation).
+    query_chunk: int = 0
+    kv_downsample: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -154,9 +159,10 @@ class AudioInput(nn.Module):
 class Attention(nn.Module):
     """Self-attention over one modality's tokens, with extra context keys (no RoPE on those)."""
 
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, knobs: tuple[int, int] = (0, 1)):
         super().__init__()
         self.heads = heads
+        self.knobs = knobs
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
@@ -166,7 +172,7 @@ class Attention(nn.Module):
         if context is not None:
             _, kc, vc = split_heads(self.qkv(context), 3, self.heads)
             k, v = torch.cat((k, kc), dim=2), torch.cat((v, vc), dim=2)
-        return self.out(merge_heads(F.scaled_dot_product_attention(q, k, v)))
+        return self.out(merge_heads(attend(q, k, v, *self.knobs)))
 
 
 def split_heads(x: Tensor, parts: int, heads: int) -> list[Tensor]:
@@ -177,6 +183,28 @@ def split_heads(x: Tensor, parts: int, heads: int) -> list[Tensor]:
 def merge_heads(x: Tensor) -> Tensor:
     b, h, n, d = x.shape
     return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+def pool_tokens(x: Tensor, factor: int) -> Tensor:
+    """Mean over consecutive groups of `factor` tokens of x (B, H, N, D); a short last group
+    averages only the tokens it has."""
+    n = x.shape[2]
+    pad = -n % factor
+    sums = F.pad(x, (0, 0, 0, pad)).unflatten(2, (-1, factor)).sum(3)
+    counts = torch.full((n + pad,), 1.0, device=x.device)
+    counts[n:] = 0
+    return sums / counts.unflatten(0, (-1, factor)).sum(1)[:, None].to(x.dtype)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, query_chunk: int = 0, kv_downsample: int = 1) -> Tensor:
+    """scaled_dot_product_attention (fused kernels, no N x N score tensor where the backend
+    has one), with the two memory knobs of JointDiTConfig."""
+    if kv_downsample > 1:
+        k, v = pool_tokens(k, kv_downsample), pool_tokens(v, kv_downsample)
+    if query_chunk <= 0 or q.shape[2] <= query_chunk:
+        return F.scaled_dot_product_attention(q, k, v)
+    chunks = [F.scaled_dot_product_attention(c, k, v) for c in q.split(query_chunk, dim=2)]
+    return torch.cat(chunks, dim=2)
 
 
 class Mlp(nn.Sequential):
@@ -203,10 +231,10 @@ class GEGLU(nn.Module):
 class Expert(nn.Module):
     """One modality's transformer block: self-attention + MLP, AdaLN on the timestep (DiT)."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, knobs: tuple[int, int] = (0, 1)):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(dim, heads)
+        self.attn = Attention(dim, heads, knobs)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(dim, mlp_ratio)
         self.modulation = adaln(dim, 6)
@@ -225,9 +253,10 @@ class JointLayer(nn.Module):
     fused scaled_dot_product_attention kernels.
     """
 
-    def __init__(self, dim: int, heads: int, ff_mult: int):
+    def __init__(self, dim: int, heads: int, ff_mult: int, knobs: tuple[int, int] = (0, 1)):
         super().__init__()
         self.heads = heads
+        self.knobs = knobs
         self.video_norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.audio_norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.video_qkv = nn.Linear(dim, 3 * dim)
@@ -275,14 +304,14 @@ class JointLayer(nn.Module):
             q = torch.cat((qv[idx], qa[idx]), dim=2)
             k = torch.cat((kv[idx], ka[idx], kc[idx]), dim=2)
             v = torch.cat((vv[idx], va[idx], vc[idx]), dim=2)
-            o = F.scaled_dot_product_attention(q, k, v)
+            o = attend(q, k, v, *self.knobs)
             out_v[idx], out_a[idx] = o[:, :, : qv.shape[2]], o[:, :, qv.shape[2] :]
         if iso.any():
             idx = iso.nonzero().squeeze(1)
             kvc, vvc = torch.cat((kv[idx], kc[idx]), 2), torch.cat((vv[idx], vc[idx]), 2)
             kac, vac = torch.cat((ka[idx], kc[idx]), 2), torch.cat((va[idx], vc[idx]), 2)
-            out_v[idx] = F.scaled_dot_product_attention(qv[idx], kvc, vvc)
-            out_a[idx] = F.scaled_dot_product_attention(qa[idx], kac, vac)
+            out_v[idx] = attend(qv[idx], kvc, vvc, *self.knobs)
+            out_a[idx] = attend(qa[idx], kac, vac, *self.knobs)
 
         xv = xv + mv[2][:, None] * self.video_out(merge_heads(out_v))
         xa = xa + ma[2][:, None] * self.audio_out(merge_heads(out_a))
@@ -294,9 +323,10 @@ class JointLayer(nn.Module):
 class JointBlock(nn.Module):
     def __init__(self, cfg: JointDiTConfig):
         super().__init__()
-        self.video_expert = Expert(cfg.dim, cfg.heads, cfg.mlp_ratio)
-        self.audio_expert = Expert(cfg.dim, cfg.heads, cfg.mlp_ratio)
-        self.joint = JointLayer(cfg.dim, cfg.heads, cfg.ff_mult)
+        knobs = (cfg.query_chunk, cfg.kv_downsample)
+        self.video_expert = Expert(cfg.dim, cfg.heads, cfg.mlp_ratio, knobs)
+        self.audio_expert = Expert(cfg.dim, cfg.heads, cfg.mlp_ratio, knobs)
+        self.joint = JointLayer(cfg.dim, cfg.heads, cfg.ff_mult, knobs)
 
 
 class FinalLayer(nn.Module):
@@ -347,6 +377,8 @@ class JointDiT(nn.Module):
         )
         self.video_dims = axis_dims(cfg.head_dim, spatial_axes=2)
         self.audio_dims = axis_dims(cfg.head_dim, spatial_axes=1)
+        # recompute each block's activations in backward instead of storing them
+        self.grad_checkpointing = False
 
     def forward_input(
         self,
@@ -396,6 +428,16 @@ class JointDiT(nn.Module):
         a = a.permute(0, 3, 1, 4, 2, 5).reshape(b, ca, f, nt * pt)[..., :length]
         return v, a
 
+    def _block(
+        self, i: int, s: Tokens, iso: Tensor, experts_only: bool, video: Tensor, audio: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Block i on (video, audio) tokens: the expert, then (unless experts_only) the joint."""
+        s = replace(s, video=video, audio=audio)
+        s = self.forward_expert(i, s)
+        if not experts_only:
+            s = self.forward_joint(i, s, iso)
+        return s.video, s.audio
+
     def forward(
         self,
         video: Tensor,
@@ -416,9 +458,11 @@ class JointDiT(nn.Module):
             iso = torch.full((video.shape[0],), iso, dtype=torch.bool, device=video.device)
         s = self.forward_input(video, audio, t_video, t_audio, image, text)
         for i in range(len(self.blocks)):
-            s = self.forward_expert(i, s)
-            if not experts_only:
-                s = self.forward_joint(i, s, iso)
+            args = (i, s, iso, experts_only, s.video, s.audio)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                s.video, s.audio = checkpoint(self._block, *args, use_reentrant=False)
+            else:
+                s.video, s.audio = self._block(*args)
         return self.forward_output(s)
 
 
