@@ -202,3 +202,15 @@ def test_bf16_autocast_forward_runs_and_stays_close(tiny_model):
     assert out[0].dtype == torch.bfloat16
     err = (out[0].float() - reference[0]).abs().mean() / reference[0].abs().mean()
     assert err < 0.05
+
+
+def test_adaln_is_wired_to_each_modalitys_own_timestep(tiny_model):
+    x = tiny_inputs()
+    v1, a1 = tiny_model(**x, iso=True)
+    # a new audio time moves the audio output only: in iso mode video never sees audio
+    v2, a2 = tiny_model(**dict(x, t_audio=x["t_audio"] * 0.3), iso=True)
+    torch.testing.assert_close(v1, v2)
+    assert not torch.allclose(a1, a2)
+    v3, a3 = tiny_model(**dict(x, t_video=x["t_video"] * 0.3), iso=True)
+    torch.testing.assert_close(a1, a3)
+    assert not torch.allclose(v1, v3)

@@ -80,3 +80,14 @@ def test_bf16_and_checkpointed_training_steps_run():
     history = train(model, _data(), _data(), cfg, FlowConfig(), progress=False)
     assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in history)
     assert model.grad_checkpointing
+
+
+def test_compiled_training_matches_eager():
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = randomize(JointDiT(TINY))
+        cfg = TrainConfig(steps=2, batch_size=2, compile=compiled, eval_every=2)
+        results.append(train(model, _data(), _data(), cfg, FlowConfig(), progress=False))
+    for eager, compiled in zip(*results, strict=True):
+        assert abs(eager["train_loss"] - compiled["train_loss"]) < 1e-4

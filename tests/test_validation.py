@@ -79,15 +79,19 @@ def test_split_has_both_sides_and_is_stable(folder):
     _, _, result = folder
     assert set(result.accepted["split"]) == {"train", "val"}
 
-    digests = pd.Series([f"{i:064x}" for i in range(200)])
-    split = assign_split(digests, 0.125, seed=0)
+    paths = pd.Series([f"clips/clip{i:03d}.mp4" for i in range(200)])
+    split = assign_split(paths, 0.125, seed=0)
     assert 10 <= (split == "val").sum() <= 40
     # Adding clips does not move existing ones.
-    pd.testing.assert_series_equal(assign_split(digests[:150], 0.125, seed=0), split[:150])
-    assert not split.equals(assign_split(digests, 0.125, seed=1))
+    pd.testing.assert_series_equal(assign_split(paths[:150], 0.125, seed=0), split[:150])
+    assert not split.equals(assign_split(paths, 0.125, seed=1))
+    # A clip whose file is rewritten (new bytes, same path) stays on its side.
+    first = result.accepted.iloc[[0]]
+    rewritten = first.assign(sha256="f" * 64)
+    assert assign_split(rewritten["path"], 0.125, 0).iloc[0] == first["split"].iloc[0]
     # Two clips are always split one and one, even when the fraction says otherwise.
     for fraction in (0.0, 1.0):
-        assert sorted(assign_split(digests[:2], fraction, seed=0)) == ["train", "val"]
+        assert sorted(assign_split(paths[:2], fraction, seed=0)) == ["train", "val"]
 
 
 def test_report_counts_match_and_serialise(folder):

@@ -247,6 +247,11 @@ def _encode(
     rate = Fraction(fps).limit_denominator(100_000)  # 29.97 -> 2997/100, not a 2**k fraction
     video = container.add_stream(codec, rate=rate, options=options)
     video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+    # One encoder thread: with frame threads, x264's bytes depended on timing (26 of 48
+    # synthetic clips differed between two runs; about 1 write in 30 still does), and tiny
+    # clips gain nothing from threads.
+    video.codec_context.thread_count = 1
+    video.codec_context.thread_type = "NONE"
     if bit_rate is not None:
         video.bit_rate = bit_rate
     sound = None

@@ -95,25 +95,28 @@ def _schema_failures(table: pd.DataFrame, schema: pa.DataFrameSchema) -> dict[An
     return {}
 
 
-def _split_key(sha256: str, seed: int) -> float:
-    digest = hashlib.sha256(f"{seed}:{sha256}".encode()).digest()
+def _split_key(path: str, seed: int) -> float:
+    digest = hashlib.sha256(f"{seed}:{path}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def assign_split(sha256: pd.Series, val_fraction: float, seed: int) -> pd.Series:
-    """'train' or 'val' per clip, from a hash of its content and the seed.
+def assign_split(paths: pd.Series, val_fraction: float, seed: int) -> pd.Series:
+    """'train' or 'val' per clip, from a hash of its path (relative to the raw root) and the seed.
 
-    Each clip's side depends only on itself, so adding clips never moves existing ones. With two
-    or more clips both sides are non-empty: the clip nearest the threshold is moved over.
+    Keyed by path, not content: regenerated synthetic clips are not byte-identical (x264 via
+    PyAV differed in about 1 of 30 writes of the same frames), and a clip must not change sides
+    when its file is rewritten. Each clip's side depends only on itself, so adding clips never
+    moves existing ones. With two or more clips both sides are non-empty: the clip nearest the
+    threshold is moved over.
     """
-    keys = np.array([_split_key(s, seed) for s in sha256], dtype=np.float64)
+    keys = np.array([_split_key(s, seed) for s in paths], dtype=np.float64)
     split = np.where(keys < val_fraction, "val", "train").astype(object)
     if len(keys) >= 2:
         if not (split == "val").any():
             split[keys.argmin()] = "val"
         if not (split == "train").any():
             split[keys.argmax()] = "train"
-    return pd.Series(split, index=sha256.index, name="split", dtype=object)
+    return pd.Series(split, index=paths.index, name="split", dtype=object)
 
 
 def validate(raw: pd.DataFrame, raw_dir: Path, cfg: ValidationConfig) -> ValidationResult:
@@ -146,7 +149,7 @@ def validate(raw: pd.DataFrame, raw_dir: Path, cfg: ValidationConfig) -> Validat
         rejected[pos] = {"path": candidates.at[pos, "path"], "code": "schema", "reason": reason}
     accepted = candidates.drop(index=list(failures))
     accepted = accepted.assign(
-        split=assign_split(accepted["sha256"], cfg.val_fraction, cfg.split_seed)
+        split=assign_split(accepted["path"], cfg.val_fraction, cfg.split_seed)
     )
     accepted = schema.validate(accepted.sort_index().reset_index(drop=True))
 
