@@ -22,7 +22,6 @@ from jointdit.flow import FlowConfig
 from jointdit.generate import SampleConfig, generate
 from jointdit.metrics.frechet import frames_embedding, frechet_distance, logmel_embedding
 from jointdit.metrics.sync import av_align
-from jointdit.model.jointdit import JointDiT
 from jointdit.training import validation_loss
 from jointdit.viz import log_mel, sample_sheet
 from tasks.common import (
@@ -34,10 +33,10 @@ from tasks.common import (
     codec_from,
     get_logger,
     mlflow_run,
-    model_config,
     read_normalised,
     write_json,
 )
+from tasks.train import initial_model
 
 SAMPLES = REPORTS / "samples"
 
@@ -81,8 +80,7 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
     image, text = val.batch.image[:n], val.batch.text[:n]
     frames, audio_frames = val.batch.video.shape[1], val.batch.audio.shape[-1]
 
-    torch.manual_seed(params["seed"])
-    untrained = JointDiT(model_config(params, codec)).eval()
+    untrained = initial_model(params, "experts").eval()  # the experts stage's starting point
     experts, _ = load_checkpoint(MODELS / "experts")
     stage_a, _ = load_checkpoint(MODELS / "stage_a")
     final, _ = load_checkpoint(MODELS / "stage_b")
