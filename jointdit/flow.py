@@ -31,6 +31,7 @@ class Batch:
     audio: Tensor  # (B, Ca, F, L)
     image: Tensor  # (B, Cv, H, W) first-frame latent
     text: Tensor  # (B, Lt) token ids
+    image_embedding: Tensor | None = None  # (B, D), e.g. CLIP of the first frame
 
     def __len__(self) -> int:
         return self.video.shape[0]
@@ -55,11 +56,13 @@ def drop_conditions(batch: Batch, cfg: FlowConfig, generator: torch.Generator) -
     n = len(batch)
     keep_image = (torch.rand(n, generator=generator) >= cfg.p_drop_image).float()
     keep_text = (torch.rand(n, generator=generator) >= cfg.p_drop_text).long()
+    emb = batch.image_embedding
     return Batch(
         batch.video,
         batch.audio,
         batch.image * keep_image.view(-1, 1, 1, 1),
         batch.text * keep_text.view(-1, 1),
+        None if emb is None else emb * keep_image.view(-1, 1),
     )
 
 
@@ -88,6 +91,7 @@ def flow_loss(
         batch.image,
         batch.text,
         experts_only=experts_only,
+        image_embedding=batch.image_embedding,
     )
     loss_v = _masked_mse(pred_v, noise_v - batch.video, (t_video > 0).float())
     loss_a = _masked_mse(pred_a, noise_a - batch.audio, (t_audio > 0).float())

@@ -37,6 +37,7 @@ def generate(
     experts_only: bool = False,
     video: Tensor | None = None,
     audio: Tensor | None = None,
+    image_embedding: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Latents (B, T, Cv, H, W) and (B, Ca, F, L) for first-frame latents `image` (B, Cv, H, W).
 
@@ -51,7 +52,7 @@ def generate(
     noise_a = torch.randn(b, mc.audio_channels, mc.audio_bins, audio_frames, generator=generator)
     hold_v, hold_a = video is not None, audio is not None
     weights = guidance_weights(cfg.guidance)
-    cond = Condition(image=image, text=text)
+    cond = Condition(image=image, text=text, image_embedding=image_embedding)
 
     def velocity(x: Latents, t: float) -> Latents:
         t_v = torch.full((b,), 0.0 if hold_v else t)

@@ -51,6 +51,7 @@ class _Pass(NamedTuple):
     iso: bool
     image: Tensor
     text: Tensor | None
+    image_embedding: Tensor | None
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Condition:
     image: Tensor  # (B, Cv, H, W)
     text: Tensor | None = None  # (B, Lt) ids
     negative_text: Tensor | None = None  # (B, Lt) ids
+    image_embedding: Tensor | None = None  # (B, D), e.g. CLIP; dropped with the image
 
 
 def guided_velocity(
@@ -72,14 +74,17 @@ def guided_velocity(
 ) -> tuple[Tensor, Tensor]:
     """The guided (video, audio) velocity; one model call however many terms are active."""
     b = video.shape[0]
+    emb = cond.image_embedding
+    no_emb = None if emb is None else torch.zeros_like(emb)
     passes = [
-        _Pass(w.video_iso, w.audio_iso, True, cond.image, cond.text),
-        _Pass(w.image, w.image, False, torch.zeros_like(cond.image), cond.text),
+        _Pass(w.video_iso, w.audio_iso, True, cond.image, cond.text, emb),
+        _Pass(w.image, w.image, False, torch.zeros_like(cond.image), cond.text, no_emb),
     ]
     if cond.text is not None:
-        passes.append(_Pass(w.text, w.text, False, cond.image, torch.zeros_like(cond.text)))
+        no_text = torch.zeros_like(cond.text)
+        passes.append(_Pass(w.text, w.text, False, cond.image, no_text, emb))
         if cond.negative_text is not None:
-            passes.append(_Pass(w.negative, w.negative, False, cond.image, cond.negative_text))
+            passes.append(_Pass(w.negative, w.negative, False, cond.image, cond.negative_text, emb))
     active = [p for p in passes if p.w_video or p.w_audio]
 
     k = 1 + len(active)
@@ -92,6 +97,9 @@ def guided_velocity(
         None if cond.text is None else torch.cat([cond.text] + [p.text for p in active]),
         iso=torch.tensor([False] + [p.iso for p in active]).repeat_interleave(b),
         experts_only=experts_only,
+        image_embedding=None
+        if emb is None
+        else torch.cat([emb] + [p.image_embedding for p in active]),
     )
     pred_v, pred_a = pred_v.chunk(k), pred_a.chunk(k)
     out_v, out_a = pred_v[0].clone(), pred_a[0].clone()

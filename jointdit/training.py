@@ -53,7 +53,14 @@ def set_trainable(
 
 
 def subset(batch: Batch, idx: torch.Tensor) -> Batch:
-    return Batch(batch.video[idx], batch.audio[idx], batch.image[idx], batch.text[idx])
+    emb = batch.image_embedding
+    return Batch(
+        batch.video[idx],
+        batch.audio[idx],
+        batch.image[idx],
+        batch.text[idx],
+        None if emb is None else emb[idx],
+    )
 
 
 @torch.no_grad()

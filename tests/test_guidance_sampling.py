@@ -187,3 +187,33 @@ def test_a_held_modality_has_no_loss(tiny_model):
     zero, half = torch.zeros(3), torch.full((3,), 0.5)
     _, parts = flow_loss(tiny_model, batch, zero, half, g, audio_weight=1.0)
     assert parts["loss_video"] == 0.0 and parts["loss_audio"] > 0
+
+
+def test_image_embedding_is_a_context_token_dropped_with_the_image():
+    import dataclasses
+
+    from jointdit.flow import drop_conditions
+    from jointdit.model.jointdit import JointDiT
+    from tests.conftest import TINY, randomize
+
+    torch.manual_seed(0)
+    model = randomize(JointDiT(dataclasses.replace(TINY, image_embed_dim=5))).eval()
+    x = tiny_inputs()
+    emb = torch.randn(2, 5)
+    with_emb = model(**x, image_embedding=emb)
+    assert not torch.allclose(with_emb[0], model(**x)[0])  # the embedding conditions
+    # iso mode still isolates the modalities with the extra context token
+    other = model(**dict(x, audio=torch.randn_like(x["audio"])), iso=True, image_embedding=emb)
+    close(other[0], model(**x, iso=True, image_embedding=emb)[0])
+    # the no-image guidance pass drops the latent and the embedding together
+    w = GuidanceWeights(image=2.0)
+    cond = Condition(image=x["image"], text=x["text"], image_embedding=emb)
+    v, _ = guided_velocity(model, x["video"], x["audio"], x["t_video"], x["t_audio"], cond, w)
+    no_img = model(
+        **dict(x, image=torch.zeros_like(x["image"])), image_embedding=torch.zeros_like(emb)
+    )
+    close(v, with_emb[0] + 2.0 * (with_emb[0] - no_img[0]))
+    # condition dropout drops the embedding together with the image latent
+    batch = Batch(x["video"], x["audio"], x["image"], x["text"], emb)
+    dropped = drop_conditions(batch, FlowConfig(p_drop_image=1.0), torch.Generator())
+    assert not dropped.image.any() and not dropped.image_embedding.any()

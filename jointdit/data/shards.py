@@ -110,4 +110,5 @@ def load_split(cache_dir: Path, split: str) -> LatentSet:
     if not clips:
         raise ValueError(f"{cache_dir / INDEX}: no clips in split {split!r}")
     cat = {k: torch.cat(v) for k, v in tensors.items()}
-    return LatentSet(Batch(cat["video"], cat["audio"], cat["image"], cat["text"]), clips)
+    batch = Batch(cat["video"], cat["audio"], cat["image"], cat["text"], cat.get("image_embedding"))
+    return LatentSet(batch, clips)

@@ -39,6 +39,7 @@ class JointDiTConfig:
     ff_mult: int = 2
     text_vocab: int = 1024  # 0: no text context
     text_len: int = 12
+    image_embed_dim: int = 0  # > 0: a (B, D) image embedding (e.g. CLIP) becomes a context token
     video_fps: float = 8.0  # video latent frames per second
     audio_frame_rate: float = 64.0  # audio latent frames per second
     rope_time_scale: float = 16.0  # RoPE time positions per second, shared by both modalities
@@ -369,6 +370,7 @@ class JointDiT(nn.Module):
         self.video_time = TimestepEmbedder(cfg.dim)
         self.audio_time = TimestepEmbedder(cfg.dim)
         self.text = TextEmbedder(cfg.text_vocab, cfg.text_len, cfg.dim) if cfg.text_vocab else None
+        self.image_embed = nn.Linear(cfg.image_embed_dim, cfg.dim) if cfg.image_embed_dim else None
         self.blocks = nn.ModuleList(JointBlock(cfg) for _ in range(cfg.depth))
         p = cfg.video_patch
         self.video_output = FinalLayer(cfg.dim, cfg.video_channels * p * p)
@@ -388,10 +390,16 @@ class JointDiT(nn.Module):
         t_audio: Tensor,
         image: Tensor,
         text: Tensor | None = None,
+        image_embedding: Tensor | None = None,
     ) -> Tokens:
         xv, grid_v = self.video_input(video, image)
         xa, grid_a = self.audio_input(audio)
-        context = self.text(text) if self.text is not None and text is not None else None
+        tokens = []
+        if self.text is not None and text is not None:
+            tokens.append(self.text(text))
+        if self.image_embed is not None and image_embedding is not None:
+            tokens.append(self.image_embed(image_embedding)[:, None])
+        context = torch.cat(tokens, dim=1) if tokens else None
         return Tokens(
             video=xv,
             audio=xa,
@@ -448,6 +456,7 @@ class JointDiT(nn.Module):
         text: Tensor | None = None,
         iso: Tensor | bool = False,
         experts_only: bool = False,
+        image_embedding: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Velocity predictions (video, audio) for noisy latents at per-modality times.
 
@@ -456,7 +465,7 @@ class JointDiT(nn.Module):
         """
         if isinstance(iso, bool):
             iso = torch.full((video.shape[0],), iso, dtype=torch.bool, device=video.device)
-        s = self.forward_input(video, audio, t_video, t_audio, image, text)
+        s = self.forward_input(video, audio, t_video, t_audio, image, text, image_embedding)
         for i in range(len(self.blocks)):
             args = (i, s, iso, experts_only, s.video, s.audio)
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
