@@ -7,10 +7,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from jointdit.config import from_dict
 from jointdit.model.jointdit import JointDiT, JointDiTConfig
+from jointdit.weights import load_weights
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -34,11 +35,5 @@ def load_checkpoint(directory: Path) -> tuple[JointDiT, dict[str, Any]]:
             raise FileNotFoundError(f"{directory}: not a checkpoint (missing {name})")
     config = json.loads((directory / CONFIG).read_text())
     model = JointDiT(from_dict(JointDiTConfig, config["model"], f"{directory / CONFIG}: model"))
-    state = load_file(str(directory / WEIGHTS))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{directory / WEIGHTS}: weights do not match the config "
-            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
-        )
+    load_weights(model, directory / WEIGHTS)
     return model.eval(), config["meta"]

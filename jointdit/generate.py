@@ -41,15 +41,24 @@ def generate(
 ) -> tuple[Tensor, Tensor]:
     """Latents (B, T, Cv, H, W) and (B, Ca, F, L) for first-frame latents `image` (B, Cv, H, W).
 
+    Sample i of the batch uses the noise of seed `cfg.seed + i`.
+
     Pass clean `video` latents for v2a or clean `audio` latents for a2v; they come back as given.
     """
     if video is not None and audio is not None:
         raise ValueError("give clean video (v2a) or clean audio (a2v), not both")
     mc = model.cfg
     b, c, h, w = image.shape
-    generator = torch.Generator().manual_seed(cfg.seed)
-    noise_v = torch.randn(b, frames, c, h, w, generator=generator)
-    noise_a = torch.randn(b, mc.audio_channels, mc.audio_bins, audio_frames, generator=generator)
+    # Sample i starts from the noise of seed + i, so a sample does not depend on the batch it
+    # was generated in, and an evaluation's seed list is reproducible one clip at a time.
+    noise_v, noise_a = [], []
+    for i in range(b):
+        generator = torch.Generator().manual_seed(cfg.seed + i)
+        noise_v.append(torch.randn(frames, c, h, w, generator=generator))
+        noise_a.append(
+            torch.randn(mc.audio_channels, mc.audio_bins, audio_frames, generator=generator)
+        )
+    noise_v, noise_a = torch.stack(noise_v), torch.stack(noise_a)
     hold_v, hold_a = video is not None, audio is not None
     weights = guidance_weights(cfg.guidance)
     cond = Condition(image=image, text=text, image_embedding=image_embedding)

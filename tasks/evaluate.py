@@ -1,13 +1,28 @@
-"""evaluate: sample the validation clips' first frames; sync, Fréchet distances, val losses.
+"""evaluate: one table of every metric, for the final model, its ablations and real data.
 
-Systems compared: the final (Stage B) model with its default guidance, the experts alone (the
-no-joint baseline) and the real clips. Fréchet distances use parameter-free embeddings
-(`fd_logmel`, `fd_frames`), not VGGish/I3D: they are not FAD/FVD and are named so.
+Rows (systems), all sampled from the validation clips' first frames with one fixed seed per
+clip (`evaluate.seed` + i):
+- `joint-<guidance>`: the final (Stage B) model under each guidance in `evaluate.guidances`;
+  `joint-<sample.guidance>` is the default system, the one the register gate reads;
+- `iso-<baseline_guidance>`: the experts alone, no joint attention (the ablation baseline);
+- `real`: the validation clips themselves: the floor of every distance at this sample count;
+- `codec`: the validation clips through the codec and back: the best any model can do with it;
+- `shuffled`: real videos with another clip's audio: the chance level of sync.
+Every set distance is to one reference set of real training clips, so the rows compare. The
+`protocol` fingerprint names what was measured how; the register gate only compares numbers
+that share one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,19 +31,33 @@ import torch
 from jointdit.checkpoint import load_checkpoint
 from jointdit.codecs import Codec
 from jointdit.config import from_dict
+from jointdit.data.manifest import ValidatedManifest, read_manifest
 from jointdit.data.media import write_clip
 from jointdit.data.shards import load_split
+from jointdit.encoders.clip import ClipConfig, ClipEncoder
 from jointdit.flow import FlowConfig
 from jointdit.generate import SampleConfig, generate
-from jointdit.metrics.frechet import frames_embedding, frechet_distance, logmel_embedding
-from jointdit.metrics.sync import av_align
+from jointdit.metrics.i3d import NUM_FRAMES, I3DEmbedder
+from jointdit.metrics.oracle import impact_times
+from jointdit.metrics.suite import (
+    Embedders,
+    Media,
+    clip_similarity,
+    sample_scores,
+    set_distances,
+    set_features,
+    summarise,
+)
+from jointdit.metrics.vggish import VGGishEmbedder
 from jointdit.training import validation_loss
-from jointdit.viz import log_mel, sample_sheet
+from jointdit.viz import log_mel, sample_sheet, system_bars
 from tasks.common import (
     CACHE,
     MODELS,
+    PLOTS,
     RAW,
     REPORTS,
+    VALIDATED,
     cli,
     codec_from,
     get_logger,
@@ -39,40 +68,99 @@ from tasks.common import (
 from tasks.train import initial_model
 
 SAMPLES = REPORTS / "samples"
+PER_SAMPLE = REPORTS / "per_sample.csv"
+SYSTEMS_CSV = PLOTS / "systems.csv"
+# The columns of the DVC plot and of the MLflow bar chart.
+HEADLINE = ("av_align", "oracle_f1", "fd_logmel", "fd_frames", "fad", "fvd", "psnr")
 
 
-def decode(
-    codec: Codec, video: torch.Tensor, audio: torch.Tensor
-) -> list[tuple[np.ndarray, np.ndarray]]:
+class Timer:
+    """Wall time per phase, to say where evaluation spends its time."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+
+def load_embedders(cfg: dict[str, str], frames: int) -> Embedders:
+    """The pretrained networks whose weights params name; empty paths leave them out."""
+    if cfg["i3d"] and frames < NUM_FRAMES:
+        raise ValueError(
+            f"evaluate.embedders.i3d: FVD is defined on {NUM_FRAMES}-frame clips, and "
+            f"params.clip gives {frames} frames; lengthen the clip or leave i3d empty"
+        )
+    return Embedders(
+        vggish=VGGishEmbedder(Path(cfg["vggish"])) if cfg["vggish"] else None,
+        i3d=I3DEmbedder(Path(cfg["i3d"])) if cfg["i3d"] else None,
+        clip=(
+            ClipEncoder(ClipConfig(model=cfg["clip_model"], pretrained=cfg["clip_pretrained"]))
+            if cfg["clip_pretrained"]
+            else None
+        ),
+    )
+
+
+def protocol(params: dict[str, Any], clips: list[dict], reference: list[dict]) -> str:
+    """A fingerprint of how the numbers were made: settings, seeds, and which clips were used."""
+    ev = {k: v for k, v in params["evaluate"].items() if k not in ("num_media", "num_sheets")}
+    spec = {
+        "evaluate": ev,
+        "sample": {k: v for k, v in params["sample"].items() if k != "seed"},
+        "clip": params["clip"],
+        # paths, not hashes: re-encoding a clip does not make it another clip (see assign_split)
+        "clips": [c["path"] for c in clips],
+        "reference": [c["path"] for c in reference],
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def decode(codec: Codec, video: torch.Tensor, audio: torch.Tensor) -> list[Media]:
     return [
         (codec.decode_video(v), codec.decode_audio(a)) for v, a in zip(video, audio, strict=True)
     ]
 
 
-def media_metrics(
-    media: list[tuple[np.ndarray, np.ndarray]],
-    real: list[tuple[np.ndarray, np.ndarray]],
-    fps: float,
-    sample_rate: int,
-) -> dict[str, float]:
-    sync = [av_align(frames, fps, audio, sample_rate) for frames, audio in media]
-    return {
-        "av_align": float(np.mean(sync)),
-        "fd_logmel": frechet_distance(
-            np.stack([logmel_embedding(a, sample_rate) for _, a in media]),
-            np.stack([logmel_embedding(a, sample_rate) for _, a in real]),
-        ),
-        "fd_frames": frechet_distance(
-            np.stack([frames_embedding(f) for f, _ in media]),
-            np.stack([frames_embedding(f) for f, _ in real]),
-        ),
-    }
+def read_real(rows: list[dict], params: dict[str, Any]) -> list[Media]:
+    clips = [read_normalised(RAW / row["path"], params) for row in rows]
+    return [(c.frames, c.audio) for c in clips]
+
+
+def score_system(
+    media: list[Media],
+    images: list[np.ndarray] | None,
+    reference: dict[str, np.ndarray] | None,
+    params: dict[str, Any],
+    embedders: Embedders,
+) -> tuple[dict[str, float], list[dict[str, float]], list[Any]]:
+    """(table row, per-sample rows, per-sample events) of one system."""
+    fps, sr = params["clip"]["fps"], params["clip"]["sample_rate"]
+    oracle = params["evaluate"]["oracle"]
+    rows, events = [], []
+    for i, clip in enumerate(media):
+        row, ev = sample_scores(clip, fps, sr, images[i] if images else None, oracle)
+        rows.append(row)
+        events.append(ev)
+    if images and embedders.clip is not None:
+        sims = clip_similarity(embedders.clip, [f[0] for f, _ in media], images)
+        for row, sim in zip(rows, sims, strict=True):
+            row["clip_sim"] = float(sim)
+    summary = summarise(rows)
+    if reference is not None:
+        summary.update(set_distances(set_features(media, sr, embedders), reference))
+    return summary, rows, events
 
 
 def evaluate(params: dict[str, Any]) -> dict[str, Any]:
     log = get_logger()
-    clip = params["clip"]
-    ev = params["evaluate"]
+    clip, ev = params["clip"], params["evaluate"]
+    timer = Timer()
+    with timer("load_embedders"):  # first: a wrong weights file fails before any work
+        embedders = load_embedders(ev["embedders"], round(clip["duration_s"] * clip["fps"]))
     codec = codec_from(params)
     flow = from_dict(FlowConfig, params["flow"], "flow")
     val = load_split(CACHE, "val")
@@ -80,63 +168,186 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
     image, text = val.batch.image[:n], val.batch.text[:n]
     frames, audio_frames = val.batch.video.shape[1], val.batch.audio.shape[-1]
 
-    untrained = initial_model(params, "experts").eval()  # the experts stage's starting point
-    experts, _ = load_checkpoint(MODELS / "experts")
-    stage_a, _ = load_checkpoint(MODELS / "stage_a")
-    final, _ = load_checkpoint(MODELS / "stage_b")
-    val_loss = {
-        "untrained": validation_loss(untrained, val.batch, flow)["loss"],
-        "experts": validation_loss(experts, val.batch, flow, experts_only=True)["loss"],
-        "stage_a": validation_loss(stage_a, val.batch, flow)["loss"],
-        "stage_b": validation_loss(final, val.batch, flow)["loss"],
-    }
+    with timer("val_loss"):
+        untrained = initial_model(params, "experts").eval()  # the experts stage's start
+        experts, _ = load_checkpoint(MODELS / "experts")
+        stage_a, _ = load_checkpoint(MODELS / "stage_a")
+        final, _ = load_checkpoint(MODELS / "stage_b")
+        val_loss = {
+            "untrained": validation_loss(untrained, val.batch, flow)["loss"],
+            "experts": validation_loss(experts, val.batch, flow, experts_only=True)["loss"],
+            "stage_a": validation_loss(stage_a, val.batch, flow)["loss"],
+            "stage_b": validation_loss(final, val.batch, flow)["loss"],
+        }
     log.info("evaluate: val losses %s", val_loss)
 
-    sample_cfg = from_dict(SampleConfig, params["sample"], "sample")
-    baseline_cfg = dataclasses.replace(sample_cfg, guidance=ev["baseline_guidance"])
-    joint = decode(codec, *generate(final, image, text, frames, audio_frames, sample_cfg))
-    baseline = decode(
-        codec,
-        *generate(experts, image, text, frames, audio_frames, baseline_cfg, experts_only=True),
-    )
-    real = []
-    for row in val.clips[:n]:
-        media = read_normalised(RAW / row["path"], params)
-        real.append((media.frames, media.audio))
+    with timer("read_real"):
+        real = read_real(val.clips[:n], params)
+        train_rows = read_manifest(VALIDATED / "manifest.csv", ValidatedManifest)
+        train_rows = train_rows[train_rows["split"] == "train"].to_dict("records")
+        reference_media = read_real(train_rows[: ev["num_reference"]], params)
+    if min(n, len(reference_media)) < 2:  # a covariance needs two samples
+        raise ValueError(
+            f"evaluate needs at least 2 validation and 2 training clips, has {n} and "
+            f"{len(reference_media)}: raise evaluate.num_samples / num_reference or add clips"
+        )
+    with timer("embed_reference"):
+        reference = set_features(reference_media, clip["sample_rate"], embedders)
+    images = [f[0] for f, _ in real]
 
-    fps, sr = clip["fps"], clip["sample_rate"]
-    metrics = {
-        "n_samples": n,
-        "val_loss": val_loss,
-        "joint": media_metrics(joint, real, fps, sr),
-        "baseline": media_metrics(baseline, real, fps, sr),
-        "real": {"av_align": float(np.mean([av_align(f, fps, a, sr) for f, a in real]))},
+    sample_cfg = dataclasses.replace(
+        from_dict(SampleConfig, params["sample"], "sample"), seed=ev["seed"]
+    )
+    runs = [(f"joint-{g}", final, g, False) for g in dict.fromkeys(ev["guidances"])]
+    runs.append((f"iso-{ev['baseline_guidance']}", experts, ev["baseline_guidance"], True))
+    default_system = f"joint-{sample_cfg.guidance}"
+    if default_system not in {name for name, *_ in runs}:
+        raise ValueError(
+            f"params: sample.guidance {sample_cfg.guidance!r} is not in "
+            f"evaluate.guidances {ev['guidances']}"
+        )
+    media = {
+        "real": real,
+        "codec": decode(codec, val.batch.video[:n], val.batch.audio[:n]),
+        "shuffled": [(f, real[(i + 1) % n][1]) for i, (f, _) in enumerate(real)],
     }
+    for name, model, guidance, experts_only in runs:
+        with timer("generate"):
+            cfg = dataclasses.replace(sample_cfg, guidance=guidance)
+            latents = generate(model, image, text, frames, audio_frames, cfg, experts_only)
+        with timer("decode"):
+            media[name] = decode(codec, *latents)
+        log.info("evaluate: sampled %s (%d clips)", name, n)
+
+    table, per_sample, events = {}, [], {}
+    with timer("score"):
+        for name, clips in media.items():
+            table[name], rows, events[name] = score_system(
+                clips,
+                None if name in ("real", "shuffled") else images,  # real: frame 0 *is* the image
+                None if name == "shuffled" else reference,  # same sets as `real`
+                params,
+                embedders,
+            )
+            for i, row in enumerate(rows):
+                per_sample.append(
+                    {
+                        "system": name,
+                        "clip": i,
+                        "seed": ev["seed"] + i,
+                        "caption": val.clips[i]["caption"],
+                        **row,
+                    }
+                )
+
+    metrics = {
+        "protocol": protocol(params, val.clips[:n], train_rows[: ev["num_reference"]]),
+        "n_samples": n,
+        "n_reference": len(reference_media),
+        "default_system": default_system,
+        "embedders": {k: v is not None for k, v in dataclasses.asdict(embedders).items()},
+        "val_loss": val_loss,
+        "systems": table,
+    }
+    with timer("write"):
+        write_reports(metrics, per_sample, media, events, val.clips, params)
+    log.info("evaluate: seconds per phase %s", {k: round(v, 1) for k, v in timer.seconds.items()})
+    log_to_mlflow(params, metrics, timer.seconds)
+    return metrics
+
+
+def write_reports(
+    metrics: dict[str, Any],
+    per_sample: list[dict[str, Any]],
+    media: dict[str, list[Media]],
+    events: dict[str, list[Any]],
+    clips: list[dict],
+    params: dict[str, Any],
+) -> None:
+    """metrics.json, the per-sample CSV, the DVC plot table, sample clips and sync sheets."""
+    clip, ev = params["clip"], params["evaluate"]
+    fps, sr = clip["fps"], clip["sample_rate"]
+    table = metrics["systems"]
     write_json(REPORTS / "metrics.json", metrics)
+    _write_csv(PER_SAMPLE, per_sample)
+    _write_csv(
+        SYSTEMS_CSV,
+        [{"system": s, **{k: row.get(k, "") for k in HEADLINE}} for s, row in table.items()],
+    )
 
     SAMPLES.mkdir(parents=True, exist_ok=True)
-    for i in range(min(ev["num_media"], n)):
-        for name, (f, a) in (("joint", joint[i]), ("baseline", baseline[i]), ("real", real[i])):
-            write_clip(SAMPLES / f"{i:02d}_{name}.mp4", f, fps, a[None], sr)
+    for old in SAMPLES.iterdir():  # a smaller run must not leave stale samples behind
+        old.unlink()
+    default = metrics["default_system"]
+    shown = {
+        default: "joint",
+        next(s for s in table if s.startswith("iso-")): "iso",
+        "real": "real",
+    }
+    for i in range(min(ev["num_media"], metrics["n_samples"])):
+        for system, label in shown.items():
+            f, a = media[system][i]
+            write_clip(SAMPLES / f"{i:02d}_{label}.mp4", f, fps, a[None], sr)
             sample_sheet(
                 f,
                 log_mel(a, sr),
                 clip["duration_s"],
-                SAMPLES / f"{i:02d}_{name}.png",
-                f"{name}: {val.clips[i]['caption']}",
+                SAMPLES / f"{i:02d}_{label}.png",
+                f"{system}: {clips[i]['caption']}",
             )
+    # Contact sheets of the default system's best and worst clips by sync, events drawn.
+    sync = [r["av_align"] for r in per_sample if r["system"] == default]
+    order = np.argsort(sync, kind="stable")
+    picks = {"worst": order[: ev["num_sheets"]], "best": order[::-1][: ev["num_sheets"]]}
+    for kind, indices in picks.items():
+        for rank, i in enumerate(indices):
+            f, a = media[default][i]
+            e = events[default][i]
+            marks = {"audio onsets": e.onsets, "video peaks": e.peaks}
+            if ev["oracle"]:
+                marks["tracked impacts"] = impact_times(f, fps)
+            sample_sheet(
+                f,
+                log_mel(a, sr),
+                clip["duration_s"],
+                SAMPLES / f"sync_{kind}{rank}.png",
+                f"{default}, {kind} sync #{rank + 1}: clip {i}, AV-Align {sync[i]:.2f}",
+                events=marks,
+            )
+    system_bars(
+        table, [m for m in HEADLINE if any(m in r for r in table.values())], SAMPLES / "systems.png"
+    )
 
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def log_to_mlflow(
+    params: dict[str, Any], metrics: dict[str, Any], seconds: dict[str, float]
+) -> None:
+    import mlflow
+    import pandas as pd
+
+    ev = params["evaluate"]
     with mlflow_run(params, "evaluate", {"evaluate": ev, "sample": params["sample"]}):
-        import mlflow
-
-        flat = {f"val_loss_{k}": v for k, v in val_loss.items()}
-        for system in ("joint", "baseline", "real"):
-            flat.update({f"{system}_{k}": v for k, v in metrics[system].items()})
+        flat = {f"val_loss_{k}": v for k, v in metrics["val_loss"].items()}
+        for system, row in metrics["systems"].items():
+            flat.update({f"{system}/{k}": v for k, v in row.items() if np.isfinite(v)})
+        flat.update({f"seconds/{k}": v for k, v in seconds.items()})
         mlflow.log_metrics(flat)
+        table = pd.DataFrame([{"system": s, **r} for s, r in metrics["systems"].items()])
+        mlflow.log_table(table, artifact_file="systems.json")
         mlflow.log_artifact(str(REPORTS / "metrics.json"))
+        mlflow.log_artifact(str(PER_SAMPLE))
         mlflow.log_artifacts(str(SAMPLES), artifact_path="samples")
-    log.info("evaluate: %s", metrics)
-    return metrics
 
 
 if __name__ == "__main__":

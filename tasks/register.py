@@ -1,43 +1,86 @@
 """register: log the Stage B model as an MLflow pyfunc, alias `candidate`; gate `champion`.
 
-The champion moves to the candidate when there is none yet, or when the candidate's sync
-(AV-Align) is higher and neither Fréchet distance is worse than the champion's by more than
-`register.fd_tolerance` (a fraction).
+The gate reads the default system's row of reports/metrics.json; its rule and thresholds are
+`register.gate` in params (see `GateConfig`) and are logged with every decision. Each version
+carries its row as tags, so a later candidate is compared with the champion's own numbers.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jointdit.config import from_dict
 from tasks.common import MODELS, REPORTS, cli, get_logger, mlflow_run, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
-GATED = ("av_align", "fd_logmel", "fd_frames")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    primary: str = "av_align"  # higher is better
+    min_gain: float = 0.0
+    guards: tuple[str, ...] = ("fd_logmel", "fd_frames")  # lower is better
+    tolerance: float = 0.1  # a guard may be this fraction worse than the champion's
+
+    def rule(self) -> str:
+        return (
+            f"{self.primary} must beat the champion's by more than {self.min_gain:g}, and "
+            f"{', '.join(self.guards) or 'no guard'} be at most {self.tolerance:.0%} worse"
+        )
+
+    def check(self, metrics: dict[str, float]) -> None:
+        """Refuse a rule that names a metric the evaluation did not produce."""
+        for key in (self.primary, *self.guards):
+            if not math.isfinite(metrics.get(key, math.nan)):
+                raise ValueError(
+                    f"register.gate uses {key!r}, which the candidate's metrics lack "
+                    f"(reports/metrics.json has {sorted(metrics)})"
+                )
 
 
 def gate(
-    candidate: dict[str, float], champion: dict[str, float] | None, tol: float
+    candidate: dict[str, float],
+    champion: dict[str, float] | None,
+    cfg: GateConfig,
+    protocols: tuple[str, str] = ("", ""),
 ) -> tuple[bool, str]:
-    """(promote?, why) for the candidate's and the champion's joint metrics."""
+    """(promote?, why) for the candidate's and the champion's metric rows.
+
+    ``protocols`` are the evaluation fingerprints of (candidate, champion): numbers measured on
+    other clips, seeds or settings do not compare, so they never move the champion.
+    """
+    cfg.check(candidate)
     if champion is None:
         return True, "first version: no champion yet"
-    if candidate["av_align"] <= champion["av_align"]:
+    if protocols[0] != protocols[1]:
         return False, (
-            f"sync {candidate['av_align']:.4f} does not beat the champion's "
-            f"{champion['av_align']:.4f}"
+            f"the champion was evaluated under protocol {protocols[1] or 'unknown'}, the "
+            f"candidate under {protocols[0]}: their numbers do not compare; re-evaluate the "
+            "champion under this protocol or move the alias by hand"
         )
-    for key in ("fd_logmel", "fd_frames"):
-        if candidate[key] > champion[key] * (1 + tol):
+    missing = [k for k in (cfg.primary, *cfg.guards) if k not in champion]
+    if missing:
+        return False, f"the champion has no {missing} to compare with; promote it by hand"
+    gain = candidate[cfg.primary] - champion[cfg.primary]
+    if gain <= cfg.min_gain:
+        return False, (
+            f"{cfg.primary} {candidate[cfg.primary]:.4f} does not beat the champion's "
+            f"{champion[cfg.primary]:.4f} by more than {cfg.min_gain:g}"
+        )
+    for key in cfg.guards:
+        if candidate[key] > champion[key] * (1 + cfg.tolerance):
             return False, (
                 f"{key} {candidate[key]:.4f} is worse than the champion's {champion[key]:.4f} "
-                f"beyond the tolerance {tol:.0%}"
+                f"beyond the tolerance {cfg.tolerance:.0%}"
             )
     return True, (
-        f"sync {candidate['av_align']:.4f} > {champion['av_align']:.4f} with Fréchet distances "
-        f"within {tol:.0%}"
+        f"{cfg.primary} {candidate[cfg.primary]:.4f} > {champion[cfg.primary]:.4f} with "
+        f"{', '.join(cfg.guards) or 'no guard'} within {cfg.tolerance:.0%}"
     )
 
 
@@ -55,9 +98,12 @@ def register(params: dict[str, Any]) -> dict[str, Any]:
 
     log = get_logger()
     cfg = params["register"]
+    rule = from_dict(GateConfig, cfg["gate"], "register.gate")
     name = cfg["model_name"]
     metrics = json.loads((REPORTS / "metrics.json").read_text())
-    candidate = {k: metrics["joint"][k] for k in GATED}
+    system = metrics["default_system"]
+    candidate = {k: v for k, v in metrics["systems"][system].items() if math.isfinite(v)}
+    rule.check(candidate)  # before anything is registered
     serving = {
         "clip": params["clip"],
         "codec": params["codec"]["name"],
@@ -70,7 +116,7 @@ def register(params: dict[str, Any]) -> dict[str, Any]:
     ):
         serving_path = Path(tmp) / "serving.json"
         serving_path.write_text(json.dumps(serving, indent=2))
-        mlflow.log_metrics({f"joint_{k}": v for k, v in candidate.items()})
+        mlflow.log_metrics({f"{system}/{k}": v for k, v in candidate.items()})
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(ROOT / "tasks" / "pyfunc_model.py"),
@@ -82,24 +128,28 @@ def register(params: dict[str, Any]) -> dict[str, Any]:
         client = MlflowClient()
         version = info.registered_model_version
         client.set_model_version_tag(name, version, "run_id", run.info.run_id)
+        client.set_model_version_tag(name, version, "system", system)
+        client.set_model_version_tag(name, version, "protocol", metrics["protocol"])
         for k, v in candidate.items():
             client.set_model_version_tag(name, version, k, f"{v:.6f}")
         client.set_registered_model_alias(name, "candidate", version)
         try:
             current = client.get_model_version_by_alias(name, "champion")
-            champion = {k: float(current.tags[k]) for k in GATED}
+            champion = {k: float(v) for k, v in current.tags.items() if k in candidate}
             champion_version = current.version
+            champion_protocol = current.tags.get("protocol", "")
         except mlflow.exceptions.MlflowException:
-            champion, champion_version = None, None
-        promote, why = gate(candidate, champion, cfg["fd_tolerance"])
+            champion, champion_version, champion_protocol = None, None, ""
+        promote, why = gate(candidate, champion, rule, (metrics["protocol"], champion_protocol))
         if promote:
             client.set_registered_model_alias(name, "champion", version)
             champion_version = version
+        log.info("register: gate rule: %s", rule.rule())
         log.info(
             "register: %s version %s %s: %s",
             name,
             version,
-            "promoted to champion" if promote else "stays candidate",
+            "promoted to champion" if promote else "refused, stays candidate",
             why,
         )
     record = {
@@ -109,6 +159,9 @@ def register(params: dict[str, Any]) -> dict[str, Any]:
         "champion": int(champion_version),
         "promoted": promote,
         "reason": why,
+        "rule": rule.rule(),
+        "system": system,
+        "protocol": metrics["protocol"],
         "metrics": candidate,
         "model_uri": f"models:/{name}@champion",
     }

@@ -1,3 +1,4 @@
+import json
 import os
 
 import pytest
@@ -76,3 +77,33 @@ def prefect_harness():
 
     with prefect_test_harness():
         yield
+
+
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+TINY_CLIP_NAME = "jointdit-tiny-clip"
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """A random tiny CLIP registered as a built-in architecture, and its weights on disk:
+    a file for the built-in name, and a snapshot directory with open_clip_config.json."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("clip")
+    (root / f"{TINY_CLIP_NAME}.json").write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(root / f"{TINY_CLIP_NAME}.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model(TINY_CLIP_NAME).eval()
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(root / "weights.safetensors"))
+    torch.save(state, root / "weights.pth")
+    snapshot = root / "snapshot"
+    snapshot.mkdir()
+    (snapshot / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP}))
+    save_file(state, str(snapshot / "open_clip_model.safetensors"))
+    return model, root

@@ -156,6 +156,18 @@ def test_conditional_modes_keep_the_given_modality_and_generate_the_other(tiny_m
     assert not torch.allclose(other, a2 if held == "video" else v2)
 
 
+def test_a_sample_does_not_depend_on_its_batch(tiny_model):
+    x = tiny_inputs(b=3, t=2, h=4, w=4, length=6)
+    cfg = SampleConfig(steps=2, guidance="cfg", seed=5)
+    v, a = generate(tiny_model, x["image"], x["text"], 2, 6, cfg)
+    # the third sample alone, with the seed it had in the batch
+    alone = SampleConfig(steps=2, guidance="cfg", seed=7)
+    v2, a2 = generate(tiny_model, x["image"][2:], x["text"][2:], 2, 6, alone)
+    close(v[2:], v2)
+    close(a[2:], a2)
+    assert not torch.allclose(v[0], v[1])  # and samples in one batch get different noise
+
+
 def test_generate_refuses_both_modalities_given(tiny_model):
     x = tiny_inputs()
     with pytest.raises(ValueError, match="not both"):

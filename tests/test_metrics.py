@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 from scipy.linalg import sqrtm
 
-from jointdit.metrics.frechet import frames_embedding, frechet_distance, logmel_embedding
+from jointdit.metrics.frechet import (
+    frames_embedding,
+    frechet_distance,
+    kernel_distance,
+    logmel_embedding,
+)
 from jointdit.metrics.sync import audio_onsets, av_align, onset_f1, video_peaks
 
 FPS = 8.0
@@ -170,6 +175,29 @@ def test_frechet_with_fewer_samples_than_dimensions():
 def test_frechet_rejects_mismatched_features():
     with pytest.raises(ValueError):
         frechet_distance(np.zeros((4, 3)), np.zeros((4, 2)))
+
+
+def test_kernel_distance_hand_worked():
+    # Linear kernel x.y + 1 on a = b = {0, 1}: within-set off-diagonal means are 1 and 1, the
+    # cross mean is (1 + 1 + 1 + 2) / 4 = 1.25, so the unbiased MMD^2 is 1 + 1 - 2.5 = -0.5:
+    # unbiased means it can dip below zero for sets from one distribution.
+    a = np.array([[0.0], [1.0]])
+    assert kernel_distance(a, a, degree=1) == pytest.approx(-0.5)
+    # Cubic kernel, 1-D: k(0, y) = 1, k(1, 1) = 8, k(2, 2) = 125, k(1, 2) = 27.
+    # a = {0, 1}: within 1; b = {1, 2}: within 27; cross (1 + 1 + 8 + 27) / 4 = 9.25.
+    assert kernel_distance(a, a + 1) == pytest.approx(1 + 27 - 18.5)
+
+
+def test_kernel_distance_is_unbiased_near_zero_for_one_distribution():
+    rng = np.random.default_rng(6)
+    same = [kernel_distance(rng.normal(size=(20, 8)), rng.normal(size=(20, 8))) for _ in range(200)]
+    shifted = kernel_distance(rng.normal(size=(20, 8)), rng.normal(size=(20, 8)) + 1.0)
+    # The mean over draws is 0 within 3 standard errors (no bias from n = 20); a mean shift of
+    # 1 per dimension is far above the spread.
+    assert abs(np.mean(same)) < 3 * np.std(same) / np.sqrt(len(same))
+    assert shifted > 10 * np.std(same)
+    with pytest.raises(ValueError):
+        kernel_distance(np.zeros((1, 3)), np.zeros((4, 3)))
 
 
 # ---------------------------------------------------------------- embeddings

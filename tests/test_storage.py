@@ -83,7 +83,7 @@ def test_checkpoint_errors_name_the_problem(tmp_path):
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["model"]["depth"] = 3
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="do not match the config"):
+    with pytest.raises(ValueError, match="weights do not fit JointDiT"):
         load_checkpoint(tmp_path)
 
 

@@ -151,7 +151,12 @@ def video_peaks(frames: np.ndarray, fps: float) -> np.ndarray:
 
 
 def av_align(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int) -> float:
-    """AV-Align: intersection over union of audio onsets and video motion peaks, in [0, 1].
+    """AV-Align of a clip: ``event_iou`` of its audio onsets and its video motion peaks."""
+    return event_iou(audio_onsets(audio, sample_rate), video_peaks(frames, fps), fps)
+
+
+def event_iou(audio_times: np.ndarray, video_times: np.ndarray, fps: float) -> float:
+    """AV-Align's score: intersection over union of audio and video event times, in [0, 1].
 
     An audio onset and a video peak match when they are at most one frame (1 / fps s) apart;
     with M matches the score is M / (|A| + |V| - M). 1.0 means every sound has a motion peak
@@ -164,8 +169,6 @@ def av_align(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int
 
     Convention: no onsets and no peaks gives 0.0 (no evidence of synchrony), not 1.0.
     """
-    audio_times = audio_onsets(audio, sample_rate)
-    video_times = video_peaks(frames, fps)
     union_size = len(audio_times) + len(video_times)
     if union_size == 0:
         return 0.0

@@ -1,0 +1,1 @@
+"""Pretrained encoders loaded from local files (never downloaded at run time)."""
