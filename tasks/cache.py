@@ -1,51 +1,121 @@
-"""cache: normalise every accepted clip to params.clip and encode it to latent shards."""
+"""cache: cut every accepted clip into windows of params.clip and encode them to latent shards.
+
+A clip gives windows of `clip.duration_s` seconds every `clip.hop_s` seconds, at most
+`clip.max_windows_per_clip` (`jointdit.data.windows`); a clip shorter than one window is
+listed in `data/cache/rejected.csv` with code `too_short`. `data/cache/windows.csv` is the
+window table the shards hold (`WindowManifest`), checked before any shard is written.
+"""
 
 from __future__ import annotations
 
+import itertools
+import json
+from collections.abc import Iterator
 from typing import Any
 
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from jointdit.codecs import Codec
-from jointdit.data.manifest import ValidatedManifest, read_manifest
+from jointdit.data.manifest import ValidatedManifest, WindowManifest, read_manifest, write_manifest
+from jointdit.data.media import atomic_path
 from jointdit.data.shards import build_shards, write_index
+from jointdit.data.windows import plan_windows
 from jointdit.text import tokenize
 from tasks.common import CACHE, RAW, VALIDATED, cli, codec_from, get_logger, read_normalised
 
 
-def encode_clip(row: dict, params: dict[str, Any], codec: Codec) -> dict[str, torch.Tensor]:
-    """One clip's latents: video, first-frame image condition, audio and caption tokens."""
-    media = read_normalised(RAW / row["path"], params)
-    video = codec.encode_video(media.frames)
+def plan(clips: list[dict], clip: dict[str, Any]) -> tuple[list[dict], list[dict]]:
+    """(window rows, rejected clips) of the validated manifest's rows.
+
+    A window row is its clip's row plus `window` and `start_s`, with the clip's events moved to
+    the window's time and cut to it ("" stays "": no ground truth).
+    """
+    windows, rejected = [], []
+    length = clip["duration_s"]
+    # A params file from before windows gets what it got then: one window per clip.
+    hop, cap = clip.get("hop_s", length), clip.get("max_windows_per_clip", 1)
+    for row in clips:
+        starts = plan_windows(row["duration_s"], length, hop, cap)
+        if not starts:
+            reason = f"{row['duration_s']:.3f} s is shorter than one {length} s window"
+            rejected.append({"path": row["path"], "code": "too_short", "reason": reason})
+        times = json.loads(row["events"]) if row["events"] else None
+        for k, start in enumerate(starts):
+            events = (
+                ""
+                if times is None
+                else json.dumps([t - start for t in times if start <= t < start + length])
+            )
+            windows.append({**row, "window": k, "start_s": start, "events": events})
+    return windows, rejected
+
+
+def encode_windows(
+    rows: list[dict], params: dict[str, Any], codec: Codec
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Each window's latents: video, first-frame image condition, audio and caption tokens.
+
+    Consecutive windows of one file are decoded in one pass over it.
+    """
     model = params["model"]
-    return {
-        "video": video,
-        "image": video[0],
-        "audio": codec.encode_audio(media.audio),
-        "text": tokenize([row["caption"]], model["text_vocab"], model["text_len"])[0],
-    }
+    for path, group in itertools.groupby(rows, key=lambda r: r["path"]):
+        group = list(group)
+        clips = read_normalised(RAW / path, params, [r["start_s"] for r in group])
+        for row, media in zip(group, clips, strict=True):
+            video = codec.encode_video(media.frames)
+            yield {
+                "video": video,
+                "image": video[0],
+                "audio": codec.encode_audio(media.audio),
+                "text": tokenize([row["caption"]], model["text_vocab"], model["text_len"])[0],
+            }
 
 
 def cache(params: dict[str, Any]) -> dict[str, Any]:
+    log = get_logger()
     manifest = read_manifest(VALIDATED / "manifest.csv", ValidatedManifest)
+    windows, rejected = plan(manifest.to_dict("records"), params["clip"])
+    for row in rejected:
+        log.warning("rejected %s [%s]: %s", row["path"], row["code"], row["reason"])
+    if not windows:
+        raise ValueError(
+            f"cache: no clip is {params['clip']['duration_s']} s long (clip.duration_s)"
+        )
+    CACHE.mkdir(parents=True, exist_ok=True)
+    write_manifest(pd.DataFrame(windows), CACHE / "windows.csv", WindowManifest)
+    with atomic_path(CACHE / "rejected.csv") as tmp:
+        pd.DataFrame(rejected, columns=["path", "code", "reason"]).to_csv(tmp, index=False)
+
     codec = codec_from(params)
-    rows = manifest.to_dict("records")
     entries = []
-    with tqdm(total=len(rows), desc="cache", dynamic_ncols=True) as bar:
+    with tqdm(total=len(windows), desc="cache", dynamic_ncols=True) as bar:
         for split in ("train", "val"):
-            split_rows = [r for r in rows if r["split"] == split]
             entries += build_shards(
                 CACHE,
                 split,
-                split_rows,
-                lambda row: encode_clip(row, params, codec),
+                [w for w in windows if w["split"] == split],
+                lambda rows: encode_windows(rows, params, codec),
                 params["codec"]["shard_size"],
                 on_clip=lambda: bar.update(1),
             )
-    index = {"codec": params["codec"]["name"], "clip": params["clip"], "shards": entries}
+    index = {
+        "codec": params["codec"]["name"],
+        "clip": params["clip"],
+        "clips": len(manifest) - len(rejected),
+        "windows": len(windows),
+        "shards": entries,
+    }
     write_index(CACHE, index)
-    get_logger().info("cache: %d clips in %d shards -> %s", len(rows), len(entries), CACHE)
+    log.info(
+        "cache: %d windows of %d clips (%d too short) in %d shards -> %s",
+        len(windows),
+        index["clips"],
+        len(rejected),
+        len(entries),
+        CACHE,
+    )
     return index
 
 

@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import yaml
 from jointdit.codecs import Codec, build_codec
 from jointdit.codecs.patch import PatchCodecConfig
 from jointdit.config import from_dict
-from jointdit.data.media import Clip, read_clip
+from jointdit.data.media import Clip, read_windows
 from jointdit.model.jointdit import JointDiTConfig
 
 RAW = Path("data/raw")
@@ -91,11 +91,14 @@ def model_config(params: dict[str, Any], codec: Codec) -> JointDiTConfig:
     return from_dict(JointDiTConfig, {**params["model"], **derived}, "model")
 
 
-def read_normalised(path: Path, params: dict[str, Any]) -> Clip:
-    """A clip decoded at the shape the model works at (params.clip)."""
+def read_normalised(
+    path: Path, params: dict[str, Any], starts: Sequence[float] = (0.0,)
+) -> list[Clip]:
+    """The windows of a clip starting at ``starts``, at the shape the model works at."""
     clip = params["clip"]
-    return read_clip(
+    return read_windows(
         path,
+        starts,
         fps=clip["fps"],
         width=clip["width"],
         height=clip["height"],

@@ -31,7 +31,7 @@ import torch
 from jointdit.checkpoint import load_checkpoint
 from jointdit.codecs import Codec
 from jointdit.config import from_dict
-from jointdit.data.manifest import ValidatedManifest, read_manifest
+from jointdit.data.manifest import WindowManifest, read_manifest
 from jointdit.data.media import write_clip
 from jointdit.data.shards import load_split
 from jointdit.encoders.clip import ClipConfig, ClipEncoder
@@ -57,7 +57,6 @@ from tasks.common import (
     PLOTS,
     RAW,
     REPORTS,
-    VALIDATED,
     cli,
     codec_from,
     get_logger,
@@ -111,12 +110,24 @@ def protocol(params: dict[str, Any], clips: list[dict], reference: list[dict]) -
     spec = {
         "evaluate": ev,
         "sample": {k: v for k, v in params["sample"].items() if k != "seed"},
-        "clip": params["clip"],
+        # which windows were cut is in `clips`; so fingerprints from before windows still hold
+        "clip": {
+            k: v for k, v in params["clip"].items() if k not in ("hop_s", "max_windows_per_clip")
+        },
         # paths, not hashes: re-encoding a clip does not make it another clip (see assign_split)
-        "clips": [c["path"] for c in clips],
-        "reference": [c["path"] for c in reference],
+        "clips": [window_name(c) for c in clips],
+        "reference": [window_name(c) for c in reference],
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def window_name(row: dict) -> str:
+    """A window's name in the fingerprint: its clip's path, with the start when it is not 0.
+
+    A clip's first window is what the whole clip was before clips had windows, so fingerprints
+    of single-window data stay what they were.
+    """
+    return row["path"] if row["start_s"] == 0 else f"{row['path']}@{row['start_s']}"
 
 
 def decode(codec: Codec, video: torch.Tensor, audio: torch.Tensor) -> list[Media]:
@@ -126,7 +137,7 @@ def decode(codec: Codec, video: torch.Tensor, audio: torch.Tensor) -> list[Media
 
 
 def read_real(rows: list[dict], params: dict[str, Any]) -> list[Media]:
-    clips = [read_normalised(RAW / row["path"], params) for row in rows]
+    clips = [read_normalised(RAW / row["path"], params, [row["start_s"]])[0] for row in rows]
     return [(c.frames, c.audio) for c in clips]
 
 
@@ -183,7 +194,7 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
 
     with timer("read_real"):
         real = read_real(val.clips[:n], params)
-        train_rows = read_manifest(VALIDATED / "manifest.csv", ValidatedManifest)
+        train_rows = read_manifest(CACHE / "windows.csv", WindowManifest)
         train_rows = train_rows[train_rows["split"] == "train"].to_dict("records")
         reference_media = read_real(train_rows[: ev["num_reference"]], params)
     if min(n, len(reference_media)) < 2:  # a covariance needs two samples

@@ -2,45 +2,60 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
 from typing import Any
+
+import pandas as pd
 
 from jointdit.config import from_dict
 from jointdit.data.manifest import (
     RawManifest,
+    RejectedManifest,
     ValidationConfig,
     read_manifest,
     validated_schema,
     write_manifest,
 )
+from jointdit.data.sources import FETCH_REJECTED_NAME, MANIFEST_NAME
 from jointdit.data.validation import validate as validate_clips
 from tasks.common import RAW, REPORTS, VALIDATED, cli, get_logger, mlflow_run, write_json
 
 
-def validate(params: dict[str, Any]) -> dict[str, Any]:
+def validation_config(params: dict[str, Any]) -> ValidationConfig:
+    """params.validate, with clip.duration_s as the shortest acceptable clip at least: a clip
+    shorter than one training window cannot fill one."""
     cfg = from_dict(ValidationConfig, params["validate"], "validate")
-    raw = read_manifest(RAW / "manifest.csv", RawManifest)
-    result = validate_clips(raw, RAW, cfg)
-    VALIDATED.mkdir(parents=True, exist_ok=True)
+    return replace(cfg, min_duration_s=max(cfg.min_duration_s, params["clip"]["duration_s"]))
+
+
+def _fetch_rejected() -> pd.DataFrame | None:
+    """What fetch refused without reading, when it wrote that file (every fetch source may)."""
+    path = RAW / FETCH_REJECTED_NAME
+    return read_manifest(path, RejectedManifest) if path.is_file() else None
+
+
+def validate(params: dict[str, Any]) -> dict[str, Any]:
+    cfg = validation_config(params)
+    raw = read_manifest(RAW / MANIFEST_NAME, RawManifest)
+    result = validate_clips(raw, RAW, cfg, _fetch_rejected())
     write_manifest(result.accepted, VALIDATED / "manifest.csv", validated_schema(cfg))
-    tmp = VALIDATED / "rejected.csv.tmp"
-    result.rejected.to_csv(tmp, index=False)
-    tmp.replace(VALIDATED / "rejected.csv")
+    write_manifest(result.rejected, VALIDATED / "rejected.csv", RejectedManifest)
     write_json(REPORTS / "validation.json", result.report)
     log = get_logger()
     log.info(
         "validate: %d accepted, %d rejected of %d",
         len(result.accepted),
         len(result.rejected),
-        len(raw),
+        result.report["n_inputs"],
     )
     for row in result.rejected.itertuples():
         log.warning("rejected %s [%s]: %s", row.path, row.code, row.reason)
-    with mlflow_run(params, "validate", {"validate": params["validate"]}):
+    with mlflow_run(params, "validate", {"validate": asdict(cfg)}):
         import mlflow
 
         mlflow.log_metrics(
             {
-                "n_inputs": len(raw),
+                "n_inputs": result.report["n_inputs"],
                 "n_accepted": len(result.accepted),
                 "n_rejected": len(result.rejected),
                 "n_val": int((result.accepted["split"] == "val").sum()),

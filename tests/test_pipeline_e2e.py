@@ -6,6 +6,7 @@ without audio, an empty file): they must be rejected with reasons while the rest
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -203,3 +204,23 @@ def test_pipeline_flow_rejects_unknown_stages(prefect_harness):
 
     with pytest.raises(ValueError, match="unknown stages"):
         pipeline(stages=["trian"])
+
+
+def test_raw_clips_and_cache_round_trip_through_a_dvc_remote(project, tmp_path):
+    def hashes() -> dict[str, str]:
+        files = [p for d in ("data/raw", "data/cache") for p in (project / d).rglob("*")]
+        return {
+            str(p.relative_to(project)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in files
+            if p.is_file()
+        }
+
+    before = hashes()
+    run([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(tmp_path)], project)
+    run([sys.executable, "-m", "dvc", "push"], project)
+    for gone in ("data/raw", "data/cache", ".dvc/cache"):
+        shutil.rmtree(project / gone)
+    run([sys.executable, "-m", "dvc", "pull", "fetch", "cache"], project)
+    assert hashes() == before and any(k.endswith(".safetensors") for k in before)
+    status = run([sys.executable, "-m", "dvc", "status", "fetch", "cache"], project).stdout
+    assert "up to date" in status

@@ -1,11 +1,12 @@
 import hashlib
 import json
+import os
 
 import pandas as pd
 import pytest
 
-from jointdit.data.manifest import RawManifest, ValidationConfig, read_manifest
-from jointdit.data.sources import fetch_folder, fetch_synthetic, write_raw
+from jointdit.data.manifest import RawManifest, RejectedManifest, ValidationConfig, read_manifest
+from jointdit.data.sources import FETCH_REJECTED_NAME, fetch_folder, fetch_synthetic, write_raw
 from jointdit.data.synthetic import SyntheticConfig, make_clip
 from jointdit.data.validation import validate
 
@@ -18,6 +19,7 @@ def src(tmp_path):
     (root / "a.mp4").write_bytes(b"clip a")
     (root / "a.txt").write_text("  a red ball bounces \n")
     (root / "sub" / "b.MOV").write_bytes(b"clip b")
+    (root / "c.M4V").write_bytes(b"clip c")
     (root / "empty.mkv").write_bytes(b"")
     (root / "notes.txt").write_text("not a clip")
     (root / "sound.wav").write_bytes(b"not a video")
@@ -26,40 +28,48 @@ def src(tmp_path):
 
 def test_fetch_folder_copies_and_lists_every_video_file(src, tmp_path):
     raw_dir = tmp_path / "raw"
-    df = fetch_folder(src, raw_dir)
+    fetched = fetch_folder(src, raw_dir)
+    df = fetched.manifest
 
-    assert list(df["path"]) == ["clips/a.mp4", "clips/empty.mkv", "clips/sub/b.MOV"]
+    assert list(df["path"]) == ["clips/a.mp4", "clips/c.M4V", "clips/empty.mkv", "clips/sub/b.MOV"]
+    assert fetched.rejected.empty
     for row in df.itertuples():
         copy = raw_dir / row.path
         original = src / row.path.removeprefix("clips/")
         assert copy.read_bytes() == original.read_bytes()
         assert row.sha256 == hashlib.sha256(original.read_bytes()).hexdigest()
         assert row.size_bytes == original.stat().st_size
-    assert list(df["caption"]) == ["a red ball bounces", "", ""]
+    # The clip in sub/ is labelled by its folder, and the label captions it.
+    assert list(df["caption"]) == ["a red ball bounces", "", "", "a video of sub"]
+    assert list(df["label"]) == ["", "", "", "sub"]
     assert set(df["events"]) == {""}
     # Atomic copies leave no temporaries behind.
     assert sorted(p.name for p in (raw_dir / "clips").rglob("*") if p.is_file()) == [
         "a.mp4",
         "b.MOV",
+        "c.M4V",
         "empty.mkv",
     ]
 
 
 def test_fetch_folder_is_deterministic_and_round_trips(src, tmp_path):
-    first = fetch_folder(src, tmp_path / "raw")
-    second = fetch_folder(src, tmp_path / "raw")
+    first = fetch_folder(src, tmp_path / "raw").manifest
+    second = fetch_folder(src, tmp_path / "raw").manifest
     pd.testing.assert_frame_equal(first, second)
 
     path = write_raw(first, tmp_path / "raw")
     assert path == tmp_path / "raw" / "manifest.csv"
     pd.testing.assert_frame_equal(read_manifest(path), RawManifest.validate(first))
+    # Written even with nothing refused, so an earlier fetch's refusals never linger.
+    assert read_manifest(tmp_path / "raw" / FETCH_REJECTED_NAME, RejectedManifest).empty
 
 
 def test_fetch_folder_of_nothing_is_an_empty_valid_manifest(tmp_path):
     (tmp_path / "src").mkdir()
-    df = fetch_folder(tmp_path / "src", tmp_path / "raw")
-    assert len(df) == 0
-    RawManifest.validate(df)
+    fetched = fetch_folder(tmp_path / "src", tmp_path / "raw")
+    assert len(fetched.manifest) == 0 and len(fetched.rejected) == 0
+    RawManifest.validate(fetched.manifest)
+    RejectedManifest.validate(fetched.rejected)
 
 
 def test_fetch_synthetic_writes_clips_that_validate(tmp_path):
@@ -79,3 +89,85 @@ def test_fetch_synthetic_writes_clips_that_validate(tmp_path):
     assert result.rejected.empty, result.rejected.to_dict("records")
     assert list(result.accepted["path"]) == list(df["path"])
     assert list(result.accepted["events"]) == list(df["events"])
+
+
+def test_captions_csv_sidecars_and_labels(tmp_path):
+    root = tmp_path / "src"
+    for name in ("dog_bark/x.mp4", "dog_bark/y.mp4", "rain/z.webm", "top.avi"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(name.encode())
+    (root / "dog_bark" / "y.txt").write_text("the sidecar wins")
+    (root / "captions.csv").write_text(
+        "path,caption\n"
+        "dog_bark/x.mp4,  a dog barks \n"
+        "dog_bark/y.mp4,the csv loses\n"
+        "./top.avi,a clip at the root\n"
+        "gone.mp4,no such clip\n"
+    )
+    fetched = fetch_folder(root, tmp_path / "raw")
+    table = fetched.manifest.set_index("path")
+    assert dict(table["caption"]) == {
+        "clips/dog_bark/x.mp4": "a dog barks",
+        "clips/dog_bark/y.mp4": "the sidecar wins",
+        "clips/rain/z.webm": "a video of rain",
+        "clips/top.avi": "a clip at the root",
+    }
+    assert dict(table["label"]) == {
+        "clips/dog_bark/x.mp4": "dog_bark",
+        "clips/dog_bark/y.mp4": "dog_bark",
+        "clips/rain/z.webm": "rain",
+        "clips/top.avi": "",
+    }
+    assert fetched.rejected.to_dict("records") == [
+        {
+            "path": "gone.mp4",
+            "code": "missing_file",
+            "reason": f"captions.csv names 'gone.mp4', which is not a video file in {root}",
+        }
+    ]
+    uncaptioned = fetch_folder(root, tmp_path / "raw2", label_captions=False).manifest
+    assert uncaptioned.set_index("path").at["clips/rain/z.webm", "caption"] == ""
+
+
+def test_paths_leaving_the_folder_are_refused_and_never_read(tmp_path):
+    root = tmp_path / "src"
+    root.mkdir()
+    (tmp_path / "secret.mp4").write_bytes(b"not yours")
+    (tmp_path / "secret.txt").write_text("not yours either")
+    (root / "ok.mp4").write_bytes(b"clip")
+    os.symlink(tmp_path / "secret.mp4", root / "link.mp4")
+    os.symlink(tmp_path / "secret.txt", root / "ok.txt")  # a sidecar that leaves the folder
+    (root / "captions.csv").write_text(
+        "path,caption\n../secret.mp4,x\n/etc/passwd,y\nok.mp4,an honest caption\n"
+    )
+    raw_dir = tmp_path / "raw"
+    fetched = fetch_folder(root, raw_dir)
+
+    assert list(fetched.manifest["path"]) == ["clips/ok.mp4"]
+    assert fetched.manifest["caption"].iloc[0] == "an honest caption"
+    assert list(zip(fetched.rejected["path"], fetched.rejected["code"], strict=True)) == [
+        ("../secret.mp4", "path_escape"),
+        ("/etc/passwd", "path_escape"),
+        ("link.mp4", "path_escape"),
+        ("ok.txt", "path_escape"),
+    ]
+    for row in fetched.rejected.itertuples():
+        assert row.path in row.reason
+    assert sorted(p.name for p in raw_dir.rglob("*")) == ["clips", "ok.mp4"]
+
+    write_raw(fetched.manifest, raw_dir, fetched.rejected)
+    back = read_manifest(raw_dir / FETCH_REJECTED_NAME, RejectedManifest)
+    pd.testing.assert_frame_equal(back, RejectedManifest.validate(fetched.rejected))
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [("file,text\na.mp4,x\n", "needs columns"), ("path,caption\na.mp4,x\na.mp4,y\n", "a.mp4")],
+)
+def test_a_malformed_captions_csv_is_an_error_naming_it(tmp_path, text, match):
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "captions.csv").write_text(text)
+    with pytest.raises(ValueError, match=match) as err:
+        fetch_folder(root, tmp_path / "raw")
+    assert "captions.csv" in str(err.value)

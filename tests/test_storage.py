@@ -32,7 +32,7 @@ def test_shards_round_trip_and_resume(tmp_path):
         calls.append(row["i"])
         return _encode(row)
 
-    entries = build_shards(tmp_path, "train", rows, encode, shard_size=2)
+    entries = build_shards(tmp_path, "train", rows, lambda rs: map(encode, rs), shard_size=2)
     write_index(tmp_path, {"shards": entries})
     assert [e["clips"] for e in entries] == [2, 2, 1]
     assert calls == [0, 1, 2, 3, 4]
@@ -44,19 +44,30 @@ def test_shards_round_trip_and_resume(tmp_path):
     # a re-run reuses finished shards; a shard whose clip list changed is rebuilt
     calls.clear()
     rows[3] = {"i": 9, "path": "clip9.mp4"}
-    build_shards(tmp_path, "train", rows, encode, shard_size=2)
+    build_shards(tmp_path, "train", rows, lambda rs: map(encode, rs), shard_size=2)
     assert calls == [2, 9]
     assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_a_truncated_shard_is_rebuilt(tmp_path):
     rows = [{"i": i} for i in range(2)]
-    build_shards(tmp_path, "val", rows, _encode, shard_size=2)
+    build_shards(tmp_path, "val", rows, lambda rs: map(_encode, rs), shard_size=2)
     shard = tmp_path / "val-0000.safetensors"
     shard.write_bytes(shard.read_bytes()[:100])
     calls = []
-    build_shards(tmp_path, "val", rows, lambda r: calls.append(1) or _encode(r), shard_size=2)
+    build_shards(
+        tmp_path, "val", rows, lambda rs: (calls.append(1) or _encode(r) for r in rs), shard_size=2
+    )
     assert len(calls) == 2
+
+
+def test_the_index_drops_shards_of_an_earlier_larger_run(tmp_path):
+    rows = [{"i": i, "path": f"clip{i}.mp4"} for i in range(5)]
+    build_shards(tmp_path, "train", rows, lambda rs: map(_encode, rs), shard_size=2)
+    entries = build_shards(tmp_path, "train", rows[:2], lambda rs: map(_encode, rs), shard_size=2)
+    write_index(tmp_path, {"shards": entries})
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == ["train-0000.safetensors"]
+    assert load_split(tmp_path, "train").batch.video.shape[0] == 2
 
 
 def test_missing_split_is_a_clear_error(tmp_path):

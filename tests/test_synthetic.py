@@ -1,7 +1,16 @@
+import dataclasses
+import hashlib
+
 import numpy as np
 import pytest
 
-from jointdit.data.synthetic import PALETTE, SyntheticClip, SyntheticConfig, make_clip
+from jointdit.data.synthetic import (
+    DISTRACTOR_PITCHES,
+    PALETTE,
+    SyntheticClip,
+    SyntheticConfig,
+    make_clip,
+)
 
 CFG = SyntheticConfig()
 SR = CFG.sample_rate
@@ -143,3 +152,95 @@ def test_balls_stay_above_the_floor_and_inside_the_walls(clips):
         assert (x >= min_radius - 1e-6).all() and (x <= CFG.width - min_radius + 1e-6).all()
         assert (y >= min_radius - 1e-6).all() and (y <= floor_px - min_radius + 1e-6).all()
         assert (clip.frames[:, round(floor_px) :] == 128).all()  # the floor band is never covered
+
+
+KNOBS_OFF = SyntheticConfig(background_variety=False, camera_shake_px=0.0, max_distractors=0)
+KNOBS_ON = dataclasses.replace(CFG, background_variety=True, camera_shake_px=1.5, max_distractors=3)
+# Recorded from the code before the variety knobs existed. The audio is hashed as 16-bit PCM:
+# immune to last-ulp differences of numpy's sin/exp between CPUs, not to any real change.
+BEFORE_KNOBS = {
+    0: (
+        "d8458b4082641cfdbf0f5d401498db361940ff414f44760e89673a7965c44c02",
+        "fe0ea3055f160572eefc34c939d5d353d5adfe029092220508329d010a8d3c2f",
+    ),
+    7: (
+        "61f704f48c1f33459831da4dacc6e584b9e62ff9419de981e489122dd630447b",
+        "57657e741f999eab7ae53d48ed7f95e5b715eb408625f36c83807674dd6ce765",
+    ),
+}
+
+
+def _hashes(clip: SyntheticClip) -> tuple[str, str]:
+    pcm = np.round(clip.audio * 32767).astype("<i2")
+    return (
+        hashlib.sha256(clip.frames.tobytes()).hexdigest(),
+        hashlib.sha256(pcm.tobytes()).hexdigest(),
+    )
+
+
+@pytest.mark.parametrize("index", sorted(BEFORE_KNOBS))
+def test_default_clips_are_what_they_were_before_the_knobs(index):
+    clip = make_clip(CFG, index)
+    assert _hashes(clip) == BEFORE_KNOBS[index]
+    off = make_clip(KNOBS_OFF, index)
+    assert clip.frames.tobytes() == off.frames.tobytes()
+    assert clip.audio.tobytes() == off.audio.tobytes()
+    assert clip.distractors == [] and not clip.shake.any()
+
+
+def test_knobs_keep_the_ground_truth_impacts_exact():
+    for index in range(6):
+        plain, varied = make_clip(CFG, index), make_clip(KNOBS_ON, index)
+        assert varied.impacts == plain.impacts
+        assert varied.caption == plain.caption
+        np.testing.assert_array_equal(varied.centers, plain.centers + varied.shake[:, None, :])
+        assert np.abs(varied.shake).max() <= KNOBS_ON.camera_shake_px
+
+
+def test_backgrounds_vary_and_stay_unsaturated():
+    # The top-left pixel over time: a ball touches that corner for a frame at most.
+    corners = {
+        tuple(np.median(make_clip(KNOBS_ON, i).frames[:, 0, 0], axis=0).astype(int))
+        for i in range(12)
+    }
+    assert len(corners) >= 3
+    for corner in corners:
+        assert max(corner) - min(corner) <= 24  # far below the tracker's chroma threshold
+
+
+def test_distractors_are_sounds_apart_from_the_impacts():
+    with_any = 0
+    for index in range(8):
+        plain, varied = make_clip(CFG, index), make_clip(KNOBS_ON, index)
+        assert len(varied.distractors) <= KNOBS_ON.max_distractors
+        times = [d.time_s for d in varied.distractors]
+        assert times == sorted(times) and all(0 <= t < CFG.duration_s for t in times)
+        assert all(d.pitch_hz in DISTRACTOR_PITCHES for d in varied.distractors)
+        # The main stream (noise floor, impact sounds) is unchanged: the difference is the
+        # distractors, heard only from their onsets on.
+        heard = np.abs(varied.audio[0] - plain.audio[0]) > 0
+        allowed = np.zeros_like(heard)
+        for d in varied.distractors:
+            onset = int(np.ceil(d.time_s * SR))  # the first sample at or after it
+            allowed[onset : onset + round(0.12 * SR)] = True
+            assert np.abs(window(varied.audio[0], d.time_s, d.time_s + 0.02)).max() > 0.03
+        assert not (heard & ~allowed).any()
+        with_any += bool(varied.distractors)
+    assert with_any >= 3
+
+
+def test_shaken_balls_are_where_the_centres_say():
+    rows, cols = np.mgrid[0 : CFG.height, 0 : CFG.width] + 0.5
+    checked = 0
+    for index in range(6):
+        clip = make_clip(KNOBS_ON, index)
+        for k, frame in enumerate(clip.frames):
+            for i, color in enumerate(clip.ball_colors):
+                others = np.delete(clip.centers[k], i, axis=0)
+                if len(others) and np.hypot(*(others - clip.centers[k, i]).T).min() < 12:
+                    continue
+                inside = np.all(frame == PALETTE[color][0], axis=-1)
+                centroid = np.array([cols[inside].mean(), rows[inside].mean()])
+                assert np.hypot(*(centroid - clip.centers[k, i])) <= 2.0
+                checked += 1
+    assert checked >= 60

@@ -17,23 +17,32 @@ from jointdit.data.manifest import (
 )
 from jointdit.data.media import write_clip
 from jointdit.data.sources import fetch_folder
-from jointdit.data.validation import assign_split, gx_report, validate
+from jointdit.data.validation import (
+    MEASURED_COLUMNS,
+    assign_split,
+    audio_loudness,
+    excerpt_windows,
+    gx_report,
+    validate,
+)
+from tasks.validate import validation_config
 
 GOOD = [f"clips/good{i}.mp4" for i in range(4)]
 EXPECTED_REJECTIONS = {
     "clips/corrupt.mp4": "unreadable",
     "clips/empty.mp4": "empty_file",
-    "clips/short.mp4": "schema",
-    "clips/silent.mp4": "no_audio",
+    "clips/quiet.mp4": "silent",
+    "clips/short.mp4": "too_short",
+    "clips/video_only.mp4": "no_audio",
     "clips/zz_copy_of_good0.mp4": "duplicate",
 }
 
 
-def _write(path, duration_s=1.5, audio=True, seed=0):
+def _write(path, duration_s=1.5, audio=True, seed=0, amplitude=0.3):
     fps, sr = 8.0, 16000
     frames = np.random.default_rng(seed).integers(0, 256, (round(duration_s * fps), 32, 32, 3))
     t = np.arange(round(duration_s * sr)) / sr
-    sound = (0.3 * np.sin(2 * np.pi * (220 + 40 * seed) * t))[None].astype(np.float32)
+    sound = (amplitude * np.sin(2 * np.pi * (220 + 40 * seed) * t))[None].astype(np.float32)
     write_clip(path, frames.astype(np.uint8), fps, sound if audio else None, sr)
 
 
@@ -44,14 +53,16 @@ def folder(tmp_path_factory):
     src.mkdir()
     for i in range(4):
         _write(src / f"good{i}.mp4", seed=i)
-    (src / "good1.txt").write_text("a tone and noise")
-    _write(src / "silent.mp4", audio=False)
+    for i in (1, 2, 3):
+        (src / f"good{i}.txt").write_text("a tone and noise")
+    _write(src / "video_only.mp4", audio=False)
+    _write(src / "quiet.mp4", amplitude=0.0)
     _write(src / "short.mp4", duration_s=0.3)
     (src / "corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
     (src / "empty.mp4").write_bytes(b"")
     shutil.copy(src / "good0.mp4", src / "zz_copy_of_good0.mp4")
     raw_dir = root / "raw"
-    raw = fetch_folder(src, raw_dir)
+    raw = fetch_folder(src, raw_dir).manifest
     return raw, raw_dir, validate(raw, raw_dir, ValidationConfig())
 
 
@@ -70,8 +81,9 @@ def test_rejects_each_bad_file_with_its_code_and_name(folder):
     )
     for row in result.rejected.itertuples():
         assert row.path in row.reason
-    short = result.rejected.set_index("path").at["clips/short.mp4", "reason"]
-    assert "duration_s" in short and "greater_than_or_equal_to(1.0)" in short
+    reasons = result.rejected.set_index("path")["reason"]
+    assert "0.250 s long, shorter than the 1.0 s minimum" in reasons["clips/short.mp4"]
+    assert "-120.0 dBFS RMS, below -60.0 dBFS" in reasons["clips/quiet.mp4"]
     assert len(result.accepted) + len(result.rejected) == len(raw)
 
 
@@ -97,28 +109,44 @@ def test_split_has_both_sides_and_is_stable(folder):
 def test_report_counts_match_and_serialise(folder):
     raw, _, result = folder
     report = json.loads(json.dumps(result.report, allow_nan=False))
-    assert report["n_inputs"] == len(raw) == 9
+    assert report["n_inputs"] == len(raw) == 10
     assert report["n_accepted"] == 4
-    assert report["n_rejected"] == 5
+    assert report["n_rejected"] == 6
+    assert report["n_rejected_at_fetch"] == 0
     assert report["n_train"] + report["n_val"] == 4
     assert report["rejected_by_code"] == {
         "duplicate": 1,
         "empty_file": 1,
         "no_audio": 1,
-        "schema": 1,
+        "silent": 1,
+        "too_short": 1,
         "unreadable": 1,
     }
     gx = report["gx"]
     assert isinstance(gx["success"], bool)
     assert all(isinstance(e["success"], bool) for e in gx["expectations"])
-    # The report covers every probed clip, so the silent and short ones show up as failures.
-    failing = {e["column"] for e in gx["expectations"] if not e["success"]}
-    assert failing == {"has_audio", "duration_s", "sample_rate"}
+    # The report covers every probed clip, so the video-only, quiet and short ones show up as
+    # failures, and 3 captions of 7 probed clips fall short of the captioned half.
+    failing = {(e["type"], e["column"]) for e in gx["expectations"] if not e["success"]}
+    assert failing == {
+        ("expect_column_values_to_be_in_set", "has_audio"),
+        ("expect_column_values_to_be_between", "duration_s"),
+        ("expect_column_values_to_be_between", "sample_rate"),
+        ("expect_column_values_to_be_between", "loudness_dbfs"),
+        ("expect_column_value_lengths_to_be_between", "caption"),
+    }
+    profile = gx["profile"]
+    assert profile["fps"] == {"8.0": 7}
+    assert profile["sample_rate"] == {"16000": 6}  # the video-only clip has none
+    assert profile["caption_fraction"] == pytest.approx(3 / 7)
+    assert profile["duration_s"]["min"] == 0.25  # 0.3 s at 8 fps: 2 frames
+    assert profile["duration_s"]["max"] == pytest.approx(1.5, abs=0.01)
+    assert profile["loudness_dbfs"]["min"] == -120.0
 
 
 def test_gx_report_flags_a_violating_table(folder):
     _, _, result = folder
-    table = result.accepted.drop(columns="split")
+    table = result.accepted.drop(columns="split").assign(**dict.fromkeys(MEASURED_COLUMNS, -20.0))
     assert gx_report(table, ValidationConfig())["success"] is True
 
     bad = table.assign(fps=[8.0, 8.0, 8.0, 240.0])
@@ -198,3 +226,38 @@ def test_read_manifest_names_the_file_it_rejects(tmp_path):
     path.write_text("path,sha256\nclips/a.mp4,abc\n")
     with pytest.raises(ManifestError, match=str(path)):
         read_manifest(path)
+
+
+def test_fetch_refusals_are_merged_and_counted(folder):
+    raw, raw_dir, _ = folder
+    refused = pd.DataFrame(
+        [{"path": "../x.mp4", "code": "path_escape", "reason": "'../x.mp4' leaves the folder"}]
+    )
+    result = validate(raw, raw_dir, ValidationConfig(), refused)
+    assert result.rejected.iloc[0].to_dict() == refused.iloc[0].to_dict()
+    assert result.report["n_inputs"] == len(raw) + 1 == len(result.accepted) + len(result.rejected)
+    assert result.report["rejected_by_code"]["path_escape"] == 1
+
+
+def test_the_training_window_is_the_shortest_clip():
+    params = {"validate": {"min_duration_s": 1.0}, "clip": {"duration_s": 2.0}}
+    assert validation_config(params).min_duration_s == 2.0
+    params["validate"]["min_duration_s"] = 3.0
+    assert validation_config(params).min_duration_s == 3.0
+
+
+def test_excerpts_bound_the_audio_decoded():
+    assert excerpt_windows(3.0, 4, 1.0) == [(0.0, 3.0)]
+    assert excerpt_windows(4.0, 4, 1.0) == [(0.0, 4.0)]
+    three_hours = excerpt_windows(10_800.0, 4, 1.0)
+    assert [start for start, _ in three_hours] == pytest.approx([0, 3599.667, 7199.333, 10_799])
+    assert {length for _, length in three_hours} == {1.0}
+
+
+def test_loudness_is_the_rms_of_the_signal(folder):
+    _, raw_dir, _ = folder
+    good = audio_loudness(raw_dir / "clips" / "good0.mp4", 1.5, 4, 1.0)
+    assert good.dbfs == pytest.approx(20 * np.log10(0.3 / np.sqrt(2)), abs=1.0)
+    assert good.seconds == pytest.approx(1.5, abs=0.2)
+    quiet = audio_loudness(raw_dir / "clips" / "quiet.mp4", 1.5, 4, 1.0)
+    assert quiet.dbfs == -120.0

@@ -2,8 +2,9 @@
 
 A manifest is a CSV table with one row per clip. The raw manifest (fetch stage) lists files and
 their checksums; the validated manifest (validate stage) adds the probed media properties and
-the train/val split. Both are validated on read and on write, so a stage never consumes a table
-that breaks the contract.
+the train/val split; the window table (cache stage) has one row per training window of a clip.
+All are validated on read and on write, so a stage never consumes a table that breaks the
+contract.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ SPLITS = ("train", "val")
 
 # Read as text whatever they look like: a hex digest can be all digits and a caption "1.0";
 # pandas would otherwise turn them into numbers (and empty cells into NaN).
-TEXT_COLUMNS = ("path", "sha256", "caption", "events", "source", "split")
+TEXT_COLUMNS = ("path", "sha256", "caption", "events", "source", "split", "label", "code", "reason")
 
 _CHUNK = 1 << 20
 
@@ -49,6 +50,17 @@ class ValidationConfig:
     min_sample_rate: int = 8000
     val_fraction: float = 0.125
     split_seed: int = 0
+    # Silence: the RMS level of the loudest of `loudness_excerpts` excerpts of
+    # `loudness_excerpt_s` seconds, spread over the clip (a long clip is never decoded whole).
+    min_loudness_dbfs: float = -60.0
+    loudness_excerpts: int = 4
+    loudness_excerpt_s: float = 1.0
+    # Report only (Great Expectations): the share of clips that should have a caption.
+    min_caption_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.loudness_excerpts < 1 or self.loudness_excerpt_s <= 0:
+            raise ValueError("loudness_excerpts must be >= 1 and loudness_excerpt_s positive")
 
 
 def sha256_file(path: Path) -> str:
@@ -97,6 +109,9 @@ class RawManifest(pa.DataFrameModel):
     caption: Series[str]
     events: Series[str]
     source: Series[str]
+    # The class a folder source takes from sub-folder names; optional so that manifests written
+    # before it existed still read.
+    label: Series[str] | None
 
     @pa.check("events", element_wise=True, name="json_list_of_times")
     def _events_are_times(cls, value: str) -> bool:
@@ -126,6 +141,7 @@ class ValidatedManifest(pa.DataFrameModel):
     has_audio: Series[bool] = pa.Field(isin=[True])
     caption: Series[str]
     events: Series[str]
+    label: Series[str] | None
     split: Series[str] = pa.Field(isin=list(SPLITS))
 
     @pa.check("events", element_wise=True, name="json_list_of_times")
@@ -134,6 +150,51 @@ class ValidatedManifest(pa.DataFrameModel):
 
     class Config:
         name = "ValidatedManifest"
+        strict = True
+        coerce = True
+
+
+class WindowManifest(ValidatedManifest):
+    """What the cache stage trains on: one row per window of an accepted clip.
+
+    A window is its clip's validated row (so its split is the clip's: windows of one clip never
+    straddle train and val) plus its index within the clip and its start time; `events` are the
+    window's own, in seconds from its start.
+    """
+
+    path: Series[str] = pa.Field(str_length={"min_value": 1})
+    sha256: Series[str] = pa.Field(str_matches=r"^[0-9a-f]{64}$")
+    window: Series[int] = pa.Field(ge=0)
+    start_s: Series[float] = pa.Field(ge=0)
+
+    @pa.dataframe_check(name="window_inside_clip")
+    def _inside(cls, df: pd.DataFrame) -> Series[bool]:
+        return df["start_s"] < df["duration_s"]
+
+    @pa.dataframe_check(name="one_split_per_clip")
+    def _one_split(cls, df: pd.DataFrame) -> Series[bool]:
+        return df.groupby("path")["split"].transform("nunique") == 1
+
+    class Config:
+        name = "WindowManifest"
+        strict = True
+        coerce = True
+        unique = ("path", "window")
+
+
+class RejectedManifest(pa.DataFrameModel):
+    """Inputs turned away: a machine-readable code and a human reason that names the file.
+
+    Written by validate (data/validated/rejected.csv) and by fetch for what it refuses before
+    reading a byte (data/raw/fetch_rejected.csv, merged into validate's table).
+    """
+
+    path: Series[str] = pa.Field(str_length={"min_value": 1})
+    code: Series[str] = pa.Field(str_matches=r"^[a-z][a-z0-9_]*$")
+    reason: Series[str] = pa.Field(str_length={"min_value": 1})
+
+    class Config:
+        name = "RejectedManifest"
         strict = True
         coerce = True
 
@@ -176,11 +237,13 @@ def read_manifest(path: Path, schema: Schema = RawManifest) -> pd.DataFrame:
 def write_manifest(df: pd.DataFrame, path: Path, schema: Schema = RawManifest) -> None:
     """Validate `df` against `schema` and write it as CSV, atomically.
 
-    Columns are written in schema order so that manifests diff cleanly under DVC/git.
+    Columns are written in schema order so that manifests diff cleanly under DVC/git; an optional
+    column the table lacks is left out.
     """
     path = Path(path)
     resolved = _as_schema(schema)
-    checked = _check(df, path, resolved)[list(resolved.columns)]
+    checked = _check(df, path, resolved)
+    checked = checked[[c for c in resolved.columns if c in checked.columns]]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -5,9 +5,13 @@ PyAV's FFmpeg offers of libx264 (CRF 18, the usual "visually lossless" setting),
 then MPEG-4 Part 2 as a last resort (not H.264, but every FFmpeg build has it); the last two
 have no CRF mode and get a bit rate high enough for near-lossless output instead.
 
-Audio-video sync: clips are aligned on the first video frame. AAC encoders prepend priming
-samples; the MP4 muxer records them in the edit list and FFmpeg's demuxer and decoder drop them,
-so decoded audio frames carry true presentation times and are placed by those.
+Audio-video sync: time 0 of a clip is its first video frame, and audio is placed by its
+stream's timestamps from there (an audio track that starts 0.5 s late gets 0.5 s of silence).
+AAC encoders prepend priming samples; the MP4 muxer records them in the edit list and FFmpeg's
+demuxer and decoder drop them, so decoded audio frames carry true presentation times.
+
+Reading (`read_windows`) cuts any number of fixed-length windows out of one pass over a file,
+holding only what the pending windows need, so long and large files stream through.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import math
 import os
 import uuid
 import wave
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -24,11 +29,17 @@ from pathlib import Path
 
 import av
 import numpy as np
+import torch
+import torchaudio
 
 _AAC_FRAME = 1024
 # Slack when comparing frame times with target times: far below any frame interval, far above
 # the rounding of container time bases.
 _TIME_EPS = 1e-4
+# How far torchaudio's default resampling kernel (lowpass_filter_width 6, rolloff 0.99) reaches
+# from an output sample, in input samples when upsampling (times the ratio when downsampling):
+# 6 / 0.99, rounded up with room to spare.
+_RESAMPLE_REACH = 8
 
 
 class MediaError(Exception):
@@ -284,103 +295,183 @@ def _encode(
         container.mux(sound.encode(None))
 
 
-class _FramePicker:
-    """Keeps, for each target time, the last frame shown at or before it."""
+def fit_frame(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
+    """The frame as it is meant to be shown, covering ``width x height``: uint8 (H, W, 3).
 
-    def __init__(self, targets: np.ndarray, width: int, height: int):
-        self.targets = targets
-        self.width, self.height = width, height
-        self.picked: list[np.ndarray] = []
+    The display rotation (a phone's portrait clip is stored landscape with a display matrix
+    saying so) is applied, then the picture is scaled keeping its aspect ratio until it covers
+    the target and centre-cropped: squashing would change the shapes and speeds the model
+    learns. Only quarter turns exist in practice; other angles are rounded to one.
+    """
+    turns = round(frame.rotation / 90) % 4  # counter-clockwise, as np.rot90 counts them
+    shown_w, shown_h = (frame.height, frame.width) if turns % 2 else (frame.width, frame.height)
+    scale = max(width / shown_w, height / shown_h)
+    w, h = max(width, round(shown_w * scale)), max(height, round(shown_h * scale))
+    # Scale before turning: the turn then moves the small picture. AREA averages when
+    # shrinking, where bilinear would alias.
+    rgb = frame.to_ndarray(
+        width=h if turns % 2 else w,
+        height=w if turns % 2 else h,
+        format="rgb24",
+        interpolation="AREA",
+    )
+    top, left = (h - height) // 2, (w - width) // 2
+    return np.ascontiguousarray(np.rot90(rgb, turns)[top : top + height, left : left + width])
+
+
+class _FramePicker:
+    """For each frame of each window, the last decoded frame shown at or before its time.
+
+    Only the latest decoded frame is held, and it is converted (scaled down) only when a
+    target picks it, so a 4K 60 fps source costs one decoded picture of memory.
+    """
+
+    def __init__(self, starts: Sequence[float], n_frames: int, fps: float, width: int, height: int):
+        times = np.asarray(starts, dtype=np.float64)[:, None] + np.arange(n_frames) / fps
+        self._order = np.argsort(times, axis=None, kind="stable")  # windows may overlap
+        self._times = times.ravel()[self._order]
+        self._n_frames, self._width, self._height = n_frames, width, height
+        self.frames = np.empty((len(starts), n_frames, height, width, 3), np.uint8)
+        self._next = 0
         self.origin: float | None = None  # time of the first frame: the clip's zero
         self._last: av.VideoFrame | None = None
         self._last_rgb: np.ndarray | None = None
 
     @property
     def done(self) -> bool:
-        return len(self.picked) == len(self.targets)
+        return self._next == len(self._times)
 
     def add(self, frame: av.VideoFrame) -> None:
         if self.origin is None:
             self.origin = frame.time
-        # Target times before this frame are covered by the previous one. Target 0 is never
+        # Target times before this frame are covered by the previous one. Time 0 is never
         # before the first frame, because the first frame defines time 0.
-        while (
-            not self.done and self.targets[len(self.picked)] + _TIME_EPS < frame.time - self.origin
-        ):
-            self.picked.append(self._last_as_rgb())
+        while not self.done and self._times[self._next] + _TIME_EPS < frame.time - self.origin:
+            self._pick()
         self._last, self._last_rgb = frame, None
 
     def finish(self) -> np.ndarray:
-        """The picked frames; a short file is padded by repeating its last frame."""
+        """(windows, T, H, W, 3); a short file is padded by repeating its last frame."""
         while not self.done:
-            self.picked.append(self._last_as_rgb())
-        return np.stack(self.picked)
+            self._pick()
+        return self.frames
 
-    def _last_as_rgb(self) -> np.ndarray:
+    def _pick(self) -> None:
         if self._last_rgb is None:
-            # AREA averages when shrinking, where bilinear would alias.
-            self._last_rgb = self._last.to_ndarray(
-                width=self.width, height=self.height, format="rgb24", interpolation="AREA"
-            )
-        return self._last_rgb
+            self._last_rgb = fit_frame(self._last, self._width, self._height)
+        window, k = divmod(int(self._order[self._next]), self._n_frames)
+        self.frames[window, k] = self._last_rgb
+        self._next += 1
 
 
-class _AudioCollector:
-    """Resamples and downmixes the decoded audio, remembering when it starts."""
+class _AudioWindows:
+    """Cuts each window's audio out of the decoded stream as soon as the stream has it.
 
-    def __init__(self, sample_rate: int):
-        self.sample_rate = sample_rate
-        self.start: float | None = None
-        self.chunks: list[np.ndarray] = []
-        self.samples = 0
-        # Keep the source layout and average the channels here: FFmpeg's own stereo -> mono
-        # downmix is (L + R) / sqrt(2), which lifts correlated content by 3 dB, past 1.0.
-        self._resampler = av.AudioResampler(format="fltp", rate=sample_rate)
+    The stream is taken as mono (channels averaged: FFmpeg's downmix, (L + R) / sqrt(2), lifts
+    correlated content by 3 dB, past 1.0), continuous from its first timestamp at its native
+    rate, and silent outside what was decoded. A window's slice is resampled with torchaudio
+    with enough context on both sides, cut on the resampler's block grid, that it equals
+    resampling the whole stream and slicing that. Only samples a pending window needs are kept.
+    """
 
-    def add(self, frame: av.AudioFrame | None) -> None:
-        """Add a decoded frame; ``None`` flushes the resampler."""
-        if frame is not None and self.start is None:
-            self.start = frame.time
-        for out in self._resampler.resample(frame):
-            self.chunks.append(out.to_ndarray().mean(axis=0))
-            self.samples += out.samples
+    def __init__(self, starts: Sequence[float], n_samples: int, sample_rate: int):
+        self._starts = list(starts)
+        self._n, self._rate = n_samples, sample_rate
+        self.windows: list[np.ndarray] = []
+        self.start: float | None = None  # time of the stream's first sample
+        self._native = 0
+        self._chunks: deque[np.ndarray] = deque()
+        self._first = 0  # stream index of the first kept sample
+        self._decoded = 0
+        # Converts the sample format only (to float planes); the rate and layout stay.
+        self._format = av.AudioResampler(format="fltp")
 
-    def covers(self, until: float) -> bool:
-        return self.start is not None and self.start + self.samples / self.sample_rate >= until
+    @property
+    def done(self) -> bool:
+        return len(self.windows) == len(self._starts)
 
-    def finish(self, origin: float, n_samples: int) -> np.ndarray:
-        """Exactly ``n_samples`` samples from time ``origin`` on, silence where there is none.
+    def add(self, frame: av.AudioFrame, origin: float | None) -> None:
+        """Add a decoded frame; ``origin`` is the video's time 0, None until it is known."""
+        if self.start is None:
+            self.start, self._native = frame.time, frame.sample_rate
+        for out in self._format.resample(frame):
+            self._chunks.append(out.to_ndarray().mean(axis=0, dtype=np.float32))
+            self._decoded += out.samples
+        if origin is not None:
+            self._cut(origin, final=False)
 
-        The decoded audio is taken as continuous from its first timestamp on.
-        """
-        self.add(None)
-        samples = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
-        offset = round((self.start - origin) * self.sample_rate)
-        if offset >= 0:
-            samples = np.concatenate([np.zeros(offset, np.float32), samples])
-        else:
-            samples = samples[-offset:]
-        out = np.zeros(n_samples, np.float32)
-        out[: min(n_samples, len(samples))] = samples[:n_samples]
+    def finish(self, origin: float) -> list[np.ndarray]:
+        """Every window's samples; the ones the stream does not reach are padded with silence."""
+        self._cut(origin, final=True)
+        return self.windows
+
+    def _span(self, origin: float, start_s: float) -> tuple[int, int, int]:
+        """(first, end, skip): a window needs stream samples [first, end), and its output
+        starts ``skip`` samples into their resampled version."""
+        g = math.gcd(self._native, self._rate)
+        block_in, block_out = self._native // g, self._rate // g  # the resampler's phase cycle
+        margin = math.ceil(_RESAMPLE_REACH * max(1, self._native / self._rate) / block_in) + 1
+        head = round((origin + start_s - self.start) * self._rate)  # output index of the start
+        first = (head // block_out - margin) * block_in
+        end = (-(-(head + self._n) // block_out) + margin) * block_in
+        return first, end, head - first // block_in * block_out
+
+    def _cut(self, origin: float, final: bool) -> None:
+        while not self.done:
+            first, end, skip = self._span(origin, self._starts[len(self.windows)])
+            if end > self._decoded and not final:
+                break
+            wave = torch.from_numpy(self._slice(first, end))
+            wave = torchaudio.functional.resample(wave, self._native, self._rate)
+            self.windows.append(wave[skip : skip + self._n].numpy())
+        keep = (
+            self._decoded if self.done else self._span(origin, self._starts[len(self.windows)])[0]
+        )
+        while self._chunks and self._first + len(self._chunks[0]) <= keep:
+            self._first += len(self._chunks.popleft())
+
+    def _slice(self, first: int, end: int) -> np.ndarray:
+        out = np.zeros(end - first, np.float32)
+        at = self._first
+        for chunk in self._chunks:
+            lo, hi = max(first, at), min(end, at + len(chunk))
+            if lo < hi:
+                out[lo - first : hi - first] = chunk[lo - at : hi - at]
+            at += len(chunk)
         return out
 
 
-def read_clip(
-    path: Path, fps: float, width: int, height: int, sample_rate: int, duration_s: float
-) -> Clip:
-    """Decode ``duration_s`` seconds from the start of a file at a fixed frame and sample rate.
+def read_windows(
+    path: Path,
+    starts: Sequence[float],
+    fps: float,
+    width: int,
+    height: int,
+    sample_rate: int,
+    duration_s: float,
+) -> list[Clip]:
+    """Decode the windows ``[s, s + duration_s)`` of a file, for each ``s`` in ``starts``.
 
-    Frame ``k`` is the last decoded frame shown at or before ``k / fps`` (timestamps, not frame
-    counts, so variable frame rates and dropped frames come out right), resized to
-    ``width x height``. Audio is mono at ``sample_rate``, exactly ``round(duration_s *
-    sample_rate)`` samples, aligned to the first video frame: audio that starts late is
-    preceded by silence, audio that starts early is cut.
+    The file is decoded once, front to back, and reading stops when the last window is
+    complete; memory holds the windows' output and what the pending ones still need, never the
+    decoded file. Times count from the first video frame. Frame ``k`` of the window at ``s`` is
+    the last frame shown at or before ``s + k / fps`` (timestamps, not frame counts, so
+    variable frame rates and dropped frames come out right), upright and scaled and cropped to
+    ``width x height`` (`fit_frame`). Audio is mono at ``sample_rate``, exactly ``round(duration_s
+    * sample_rate)`` samples per window, placed by the stream's timestamps: audio that starts
+    late is preceded by silence. A window past the end of the file is padded with its last
+    frame and silence.
     """
     path = Path(path)
-    if min(fps, duration_s, width, height, sample_rate) <= 0 or round(duration_s * fps) < 1:
+    n_frames = round(duration_s * fps)
+    if min(fps, duration_s, width, height, sample_rate) <= 0 or n_frames < 1:
         raise ValueError("need width, height, sample_rate > 0 and at least one frame")
-    picker = _FramePicker(np.arange(round(duration_s * fps)) / fps, width, height)
-    collector = _AudioCollector(sample_rate)
+    if any(s < 0 for s in starts) or list(starts) != sorted(starts):
+        raise ValueError(f"window starts must be ascending and >= 0, got {list(starts)}")
+    if not starts:
+        return []
+    pictures = _FramePicker(starts, n_frames, fps, width, height)
+    sound = _AudioWindows(starts, round(duration_s * sample_rate), sample_rate)
     with _open(path) as container:
         if not container.streams.video:
             raise MediaError(path, "no_video", "no video stream")
@@ -397,20 +488,23 @@ def read_clip(
                             path, "decode_error", f"{packet.stream.type} frame without a timestamp"
                         )
                     if packet.stream is video:
-                        picker.add(frame)
+                        pictures.add(frame)
                     else:
-                        collector.add(frame)
-                if picker.done and collector.covers(picker.origin + duration_s):
+                        sound.add(frame, pictures.origin)
+                if pictures.done and sound.done:
                     break
         except av.FFmpegError as e:
             raise MediaError(path, "decode_error", f"cannot decode ({e})") from e
-    if picker.origin is None:
+    if pictures.origin is None:
         raise MediaError(path, "decode_error", "no decodable video frame")
-    if collector.start is None:
+    if sound.start is None:
         raise MediaError(path, "decode_error", "no decodable audio frame")
-    return Clip(
-        frames=picker.finish(),
-        audio=collector.finish(picker.origin, round(duration_s * sample_rate)),
-        fps=fps,
-        sample_rate=sample_rate,
-    )
+    frames, audio = pictures.finish(), sound.finish(pictures.origin)
+    return [Clip(f, a, fps, sample_rate) for f, a in zip(frames, audio, strict=True)]
+
+
+def read_clip(
+    path: Path, fps: float, width: int, height: int, sample_rate: int, duration_s: float
+) -> Clip:
+    """The window of ``duration_s`` seconds at the start of a file (see `read_windows`)."""
+    return read_windows(path, [0.0], fps, width, height, sample_rate, duration_s)[0]

@@ -1,15 +1,16 @@
-"""Latent shards: a few hundred clips per safetensors file, plus a JSON index.
+"""Latent shards: a few hundred training windows per safetensors file, plus a JSON index.
 
-Each shard carries the list of clips it holds in its own metadata, so a re-run can tell a
-finished shard from a stale one and skip it; shards and index are written to a temporary name
-and renamed, so a killed run never leaves a partial file under a final name.
+A shard's rows ("clips" in the file format) are training windows, each its clip's manifest
+row plus the window's index and start time. Each shard carries the list of rows it holds in its
+own metadata, so a re-run can tell a finished shard from a stale one and skip it; shards and
+index are written to a temporary name and renamed, so a killed run never leaves a partial file
+under a final name.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from jointdit.data.media import atomic_path
 from jointdit.flow import Batch
 
 INDEX = "index.json"
@@ -25,7 +27,7 @@ INDEX = "index.json"
 
 @dataclass
 class LatentSet:
-    """Latents of one split, in memory, with each clip's manifest row."""
+    """Latents of one split, in memory, with each window's row (its clip's manifest row)."""
 
     batch: Batch
     clips: list[dict]
@@ -41,7 +43,9 @@ def shard_clips(path: Path) -> list[dict] | None:
         with open(path, "rb") as f:
             n = int.from_bytes(f.read(8), "little")
             header = json.loads(f.read(n))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        end = max(
+            (v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0
+        )
         if path.stat().st_size != 8 + n + end:
             return None
         return json.loads(header["__metadata__"]["clips"])
@@ -50,30 +54,38 @@ def shard_clips(path: Path) -> list[dict] | None:
 
 
 def write_shard(path: Path, tensors: dict[str, Tensor], clips: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(
-        {k: v.contiguous() for k, v in tensors.items()}, str(tmp), {"clips": json.dumps(clips)}
-    )
-    os.replace(tmp, path)
+    """Atomically, synced before the rename: a crash leaves the old file or none, and no temp."""
+    with atomic_path(path) as tmp:
+        tensors = {k: v.contiguous() for k, v in tensors.items()}
+        save_file(tensors, str(tmp), {"clips": json.dumps(clips)})
 
 
 def write_index(out_dir: Path, index: dict) -> None:
-    tmp = out_dir / (INDEX + ".tmp")
-    tmp.write_text(json.dumps(index, indent=2))
-    os.replace(tmp, out_dir / INDEX)
+    """Write the index, then delete shards it does not list.
+
+    The cache directory survives between runs (so a killed run resumes), which leaves shards of
+    an earlier, larger configuration behind; once the new index is in place they are garbage.
+    """
+    with atomic_path(out_dir / INDEX) as tmp:
+        tmp.write_text(json.dumps(index, indent=2))
+    listed = {entry["file"] for entry in index["shards"]}
+    for stale in out_dir.glob("*.safetensors"):
+        if stale.name not in listed:
+            stale.unlink()
 
 
 def build_shards(
     out_dir: Path,
     split: str,
     clips: Sequence[dict],
-    encode: Callable[[dict], dict[str, Tensor]],
+    encode: Callable[[list[dict]], Iterable[dict[str, Tensor]]],
     shard_size: int,
     on_clip: Callable[[], None] = lambda: None,
 ) -> list[dict]:
-    """Encode clips into `{split}-NNNN.safetensors` shards; reuse shards that already match.
+    """Encode rows into `{split}-NNNN.safetensors` shards; reuse shards that already match.
 
-    Returns the index entries of the shards. `encode(row)` gives one clip's tensors.
+    Returns the index entries of the shards. `encode(rows)` yields each row's tensors in order:
+    it gets a shard's rows at once so that it can decode the windows of one file in one pass.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = []
@@ -82,8 +94,8 @@ def build_shards(
         path = out_dir / f"{split}-{k // shard_size:04d}.safetensors"
         if shard_clips(path) != rows:
             items = []
-            for row in rows:
-                items.append(encode(row))
+            for _, item in zip(rows, encode(rows), strict=True):
+                items.append(item)
                 on_clip()
             stacked = {key: torch.stack([it[key] for it in items]) for key in items[0]}
             write_shard(path, stacked, rows)

@@ -2,7 +2,9 @@
 
 Fetching only copies and checksums. Whether a file is usable media is the validate stage's
 question, so every matching file is listed here, broken or not, and validate accepts or rejects
-each one with a reason.
+each one with a reason. The one thing fetch refuses itself is a path that leads outside the
+source folder (a symlink, a `captions.csv` row): such a file is never read, and the refusal is
+written to `fetch_rejected.csv` for validate to report with the rest.
 """
 
 from __future__ import annotations
@@ -12,24 +14,48 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from jointdit.data.manifest import RawManifest, sha256_file, write_manifest
+from jointdit.data.manifest import (
+    RawManifest,
+    RejectedManifest,
+    resolve_inside,
+    sha256_file,
+    write_manifest,
+)
 from jointdit.data.media import write_clip
 from jointdit.data.synthetic import SyntheticConfig, make_clip
 
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 CLIPS_DIR = "clips"
 MANIFEST_NAME = "manifest.csv"
+FETCH_REJECTED_NAME = "fetch_rejected.csv"
+CAPTIONS_CSV = "captions.csv"
 
 _CHUNK = 1 << 20
 
 
 def _rows(rows: list[dict]) -> pd.DataFrame:
-    # An explicit column list keeps the schema's columns even when no file was found.
-    return pd.DataFrame(rows, columns=list(RawManifest.to_schema().columns))
+    # An explicit column list keeps the schema's columns even when no file was found; most
+    # sources know no class, so the label defaults to empty.
+    return pd.DataFrame(
+        [{"label": "", **row} for row in rows], columns=list(RawManifest.to_schema().columns)
+    )
+
+
+def _rejected(rows: list[dict[str, str]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=list(RejectedManifest.to_schema().columns))
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What a fetch produced: the raw manifest and the inputs it refused without reading."""
+
+    manifest: pd.DataFrame  # RawManifest rows
+    rejected: pd.DataFrame = field(default_factory=lambda: _rejected([]))  # RejectedManifest
 
 
 def fetch_synthetic(cfg: SyntheticConfig, raw_dir: Path) -> pd.DataFrame:
@@ -77,45 +103,120 @@ def _copy_hashed(src: Path, dst: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_folder(
-    src_dir: Path, raw_dir: Path, extensions: Iterable[str] = VIDEO_EXTENSIONS
-) -> pd.DataFrame:
-    """Copy every video file under src_dir (recursively) into raw_dir/clips/, keeping its
-    relative path, and return the manifest rows.
+def _read_captions_csv(src_dir: Path) -> list[tuple[str, str]]:
+    """(path as written, caption) rows of src_dir/captions.csv; none when there is no such file.
 
-    Matching is on the extension, case-insensitively; files are not opened as media here. A
-    caption comes from a sidecar `<stem>.txt` next to the clip when there is one.
+    A file without `path` and `caption` columns, or naming a path twice, is an error: silently
+    ignoring it would train on missing or arbitrary captions.
+    """
+    csv = src_dir / CAPTIONS_CSV
+    if not csv.is_file():
+        return []
+    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    missing = {"path", "caption"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{csv}: needs columns path, caption; {sorted(missing)} missing")
+    repeated = sorted(set(table["path"][table["path"].duplicated()]))
+    if repeated:
+        raise ValueError(f"{csv}: paths listed more than once: {repeated}")
+    return list(zip(table["path"], table["caption"].str.strip(), strict=True))
+
+
+def _label(relative: Path) -> str:
+    """The clip's class: the name of the folder holding it, empty for a clip at the root.
+
+    The immediate parent rather than the top folder, so `root/<class>/x.mp4` and
+    `root/train/<class>/x.mp4` (AVSync15, Landscape) both give the class.
+    """
+    return relative.parent.name
+
+
+def _caption(own: str | None, listed: str, label: str, label_captions: bool) -> str:
+    """The sidecar's caption, else the captions.csv one; an empty caption becomes
+    "a video of <label>" (underscores read as spaces) when label_captions is on."""
+    caption = own or listed
+    if not caption and label and label_captions:
+        caption = f"a video of {label.replace('_', ' ')}"
+    return caption
+
+
+def fetch_folder(
+    src_dir: Path,
+    raw_dir: Path,
+    extensions: Iterable[str] = VIDEO_EXTENSIONS,
+    label_captions: bool = True,
+) -> Fetched:
+    """Copy every video file under src_dir (recursively) into raw_dir/clips/, keeping its
+    relative path; return the manifest rows and the refused inputs.
+
+    Matching is on the extension, case-insensitively; files are not opened as media here.
+    Captions come from a sidecar `<stem>.txt` next to a clip, else from a `captions.csv` at the
+    root (columns path, caption; paths relative to src_dir). The `label` column is the name of
+    the sub-folder a clip sits in, and with `label_captions` a clip without a caption is
+    captioned "a video of <label>". A clip, sidecar or captions.csv row whose path resolves
+    outside src_dir (symlink, `..`, absolute path) is never read: it is refused as
+    `path_escape` (a refused sidecar leaves its clip uncaptioned by it); a captions.csv row
+    naming no clip is refused as `missing_file`.
     """
     src_dir = Path(src_dir)
     clips_dir = Path(raw_dir) / CLIPS_DIR
     wanted = {ext.lower() for ext in extensions}
+    refused: list[dict[str, str]] = []
+
+    def inside(relative: str, where: str = "") -> Path | None:
+        try:
+            return resolve_inside(src_dir, relative)
+        except ValueError as err:
+            refused.append({"path": relative, "code": "path_escape", "reason": f"{where}{err}"})
+            return None
+
+    listed: dict[Path, tuple[str, str]] = {}  # resolved file -> (path as written, caption)
+    for number, (relative, caption) in enumerate(_read_captions_csv(src_dir), start=1):
+        target = inside(relative, f"{CAPTIONS_CSV} row {number}: ")
+        if target is not None:
+            listed[target] = (relative, caption)
     sources = sorted(p for p in src_dir.rglob("*") if p.is_file() and p.suffix.lower() in wanted)
     rows = []
     for src in sources:
         relative = src.relative_to(src_dir)
-        target = clips_dir / relative
-        sha256 = _copy_hashed(src, target)
+        resolved = inside(relative.as_posix())
+        if resolved is None:
+            continue
         sidecar = src.with_suffix(".txt")
-        caption = (
-            sidecar.read_text(encoding="utf-8", errors="replace").strip()
-            if sidecar.is_file()
-            else ""
-        )
+        own = None
+        if sidecar.is_file() and inside(sidecar.relative_to(src_dir).as_posix()) is not None:
+            own = sidecar.read_text(encoding="utf-8", errors="replace").strip()
+        target = clips_dir / relative
+        label = _label(relative)
         rows.append(
             {
                 "path": f"{CLIPS_DIR}/{relative.as_posix()}",
-                "sha256": sha256,
+                "sha256": _copy_hashed(src, target),
                 "size_bytes": target.stat().st_size,
-                "caption": caption,
+                "caption": _caption(own, listed.pop(resolved, ("", ""))[1], label, label_captions),
                 "events": "",
                 "source": "folder",
+                "label": label,
             }
         )
-    return _rows(rows)
+    for relative, _ in listed.values():
+        reason = f"{CAPTIONS_CSV} names {relative!r}, which is not a video file in {src_dir}"
+        refused.append({"path": relative, "code": "missing_file", "reason": reason})
+    return Fetched(manifest=_rows(rows), rejected=_rejected(refused))
 
 
-def write_raw(df: pd.DataFrame, raw_dir: Path) -> Path:
-    """Write the raw manifest to raw_dir/manifest.csv (schema-checked, atomic); return its path."""
-    path = Path(raw_dir) / MANIFEST_NAME
+def write_raw(df: pd.DataFrame, raw_dir: Path, rejected: pd.DataFrame | None = None) -> Path:
+    """Write the raw manifest to raw_dir/manifest.csv and the refused inputs to
+    raw_dir/fetch_rejected.csv (both schema-checked, atomic); return the manifest's path.
+
+    The rejected file is written even when empty, so none from an earlier fetch lingers.
+    """
+    raw_dir = Path(raw_dir)
+    write_manifest(
+        _rejected([]) if rejected is None else rejected,
+        raw_dir / FETCH_REJECTED_NAME,
+        RejectedManifest,
+    )
+    path = raw_dir / MANIFEST_NAME
     write_manifest(df, path, RawManifest)
     return path

@@ -5,6 +5,12 @@ clip can be regenerated on its own. The sound is built from the simulated impact
 audio-video synchrony checkable: each impact has an exact time, a ball colour (-> pitch) and a
 speed (-> loudness).
 
+Variety knobs (all off by default, which reproduces the original data set byte for byte): a few
+dark background colours and gradients, camera shake (a random whole-frame shift per frame) and
+off-screen distractor sounds, which have no visible cause and are listed apart from the impacts
+so they never count as sync ground truth. Each knob draws from its own random stream, so turning
+one on changes neither the balls nor the other knobs' draws.
+
 Coordinates: lengths are in units of the frame height, ``x`` to the right in ``[0, W/H]`` and
 ``y`` downwards in ``[0, 1]``; pixel = unit * H. The floor surface is the top of a grey band at
 the bottom of the frame, the ceiling and the walls are the frame edges.
@@ -28,6 +34,18 @@ PALETTE: dict[str, tuple[tuple[int, int, int], float]] = {
     "cyan": ((40, 210, 220), 880.0),
 }
 BACKGROUND_RGB = (12, 12, 20)
+# (colour at the top or left, colour at the bottom or right, gradient axis): dark and of low
+# chroma (at most 24), so balls stay the only saturated objects (the oracle tracker relies on it).
+BACKDROPS: tuple[tuple[tuple[int, int, int], tuple[int, int, int], str], ...] = (
+    (BACKGROUND_RGB, BACKGROUND_RGB, "vertical"),
+    ((28, 28, 28), (28, 28, 28), "vertical"),
+    ((10, 14, 28), (40, 44, 56), "vertical"),
+    ((30, 22, 16), (12, 12, 12), "horizontal"),
+    ((8, 8, 8), (36, 32, 40), "vertical"),
+)
+# Distractor pitches: on the palette's 110 Hz grid (FFT-separable) but above it, so no ball has
+# them; the third harmonic of 1100 Hz stays below Nyquist at 8 kHz.
+DISTRACTOR_PITCHES = (990.0, 1100.0)
 FLOOR_RGB = (128, 128, 128)
 FLOOR_FRACTION = 0.125  # height of the floor band, in frame heights
 RESTITUTION = 0.8
@@ -51,10 +69,15 @@ class SyntheticConfig:
     sample_rate: int = 16000
     max_balls: int = 2
     seed: int = 0
+    background_variety: bool = False  # one of BACKDROPS per clip instead of BACKGROUND_RGB
+    camera_shake_px: float = 0.0  # per frame, x and y uniform in [-shake, shake] pixels
+    max_distractors: int = 0  # off-screen sounds per clip: uniform in 0..max_distractors
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_balls <= len(PALETTE):
             raise ValueError(f"max_balls must be in 1..{len(PALETTE)}, got {self.max_balls}")
+        if self.camera_shake_px < 0 or self.max_distractors < 0:
+            raise ValueError("camera_shake_px and max_distractors must not be negative")
         if self.duration_s <= 0 or self.fps <= 0 or self.sample_rate <= 0:
             raise ValueError("duration_s, fps and sample_rate must be positive")
         if self.width < 8 or self.height < 8:
@@ -69,14 +92,25 @@ class Impact:
     surface: str  # "floor" | "left" | "right" | "ceiling"
 
 
+@dataclass(frozen=True)
+class Distractor:
+    """A sound with no visible cause: not an impact, never sync ground truth."""
+
+    time_s: float
+    pitch_hz: float
+    gain: float  # peak amplitude scale, as an impact's at full speed times [0.3, 1]
+
+
 @dataclass
 class SyntheticClip:
     frames: np.ndarray  # uint8 (T, H, W, 3)
     audio: np.ndarray  # float32 (1, S) in [-1, 1]
-    impacts: list[Impact]  # sorted by time
+    impacts: list[Impact]  # sorted by time; the only sync ground truth
     caption: str
     ball_colors: tuple[str, ...]  # PALETTE name of ball i
-    centers: np.ndarray  # float64 (T, balls, 2): (x, y) disc centres in pixels at t = k / fps
+    centers: np.ndarray  # float64 (T, balls, 2): (x, y) disc centres on screen, pixels, t = k/fps
+    shake: np.ndarray  # float64 (T, 2): the camera shift (x, y) in pixels, included in centers
+    distractors: list[Distractor]  # sorted by time; heard, not seen
 
 
 @dataclass(frozen=True)
@@ -128,17 +162,55 @@ def make_clip(cfg: SyntheticConfig, index: int) -> SyntheticClip:
         impacts += ball_impacts
     impacts.sort(key=lambda imp: imp.time_s)
 
-    frames = _render(centers, [b.radius * cfg.height for b in balls], colors, cfg, floor_y)
+    backdrop = _backdrop(cfg, _knob_rng(cfg, index, 1))
+    shake = _shake(cfg, len(times), _knob_rng(cfg, index, 2))
+    distractor_rng = _knob_rng(cfg, index, 3)
+    distractors = _distractors(cfg, distractor_rng)
+    radii = [b.radius * cfg.height for b in balls]
+    frames = _render(centers, radii, colors, cfg, floor_y, backdrop, shake)
     max_speed = math.sqrt(2.0 * gravity)  # speed after falling one frame height from rest
-    audio = _sound(impacts, colors, max_speed, cfg, rng)
+    audio = _sound(impacts, colors, max_speed, cfg, rng, distractors, distractor_rng)
     return SyntheticClip(
         frames=frames,
         audio=audio,
         impacts=impacts,
         caption=_caption(colors),
         ball_colors=colors,
-        centers=centers,
+        centers=centers + shake[:, None, :],
+        shake=shake,
+        distractors=distractors,
     )
+
+
+def _knob_rng(cfg: SyntheticConfig, index: int, knob: int) -> np.random.Generator:
+    """A stream of its own per variety knob: the clip's main stream (balls, noise) and the other
+    knobs draw the same numbers whether this knob is on or not."""
+    return np.random.default_rng([cfg.seed, index, knob])
+
+
+def _backdrop(
+    cfg: SyntheticConfig, rng: np.random.Generator
+) -> tuple[tuple[int, int, int], tuple[int, int, int], str]:
+    return BACKDROPS[int(rng.integers(len(BACKDROPS)))] if cfg.background_variety else BACKDROPS[0]
+
+
+def _shake(cfg: SyntheticConfig, n_frames: int, rng: np.random.Generator) -> np.ndarray:
+    if not cfg.camera_shake_px:
+        return np.zeros((n_frames, 2))
+    return rng.uniform(-cfg.camera_shake_px, cfg.camera_shake_px, (n_frames, 2))
+
+
+def _distractors(cfg: SyntheticConfig, rng: np.random.Generator) -> list[Distractor]:
+    if not cfg.max_distractors:
+        return []
+    count = int(rng.integers(0, cfg.max_distractors + 1))
+    times = np.sort(rng.uniform(0.0, cfg.duration_s, count))
+    pitches = rng.choice(DISTRACTOR_PITCHES, count)
+    gains = _MAX_AMPLITUDE * rng.uniform(0.3, 1.0, count)
+    return [
+        Distractor(time_s=float(t), pitch_hz=float(p), gain=float(g))
+        for t, p, g in zip(times, pitches, gains, strict=True)
+    ]
 
 
 def _simulate(
@@ -207,15 +279,24 @@ def _render(
     colors: tuple[str, ...],
     cfg: SyntheticConfig,
     floor_y: float,
+    backdrop: tuple[tuple[int, int, int], tuple[int, int, int], str],
+    shake: np.ndarray,
 ) -> np.ndarray:
-    rows = np.arange(cfg.height) + 0.5  # pixel centres
-    cols = np.arange(cfg.width) + 0.5
+    """Frames of the scene (``centers`` in scene pixels) seen by a camera shifted by ``shake``."""
+    # Scene coordinates of the pixel centres: the camera moves, the scene (floor included) not.
+    rows = np.arange(cfg.height) + 0.5 - shake[:, 1, None]  # (T, H)
+    cols = np.arange(cfg.width) + 0.5 - shake[:, 0, None]  # (T, W)
+    first, last, axis = backdrop
+    along = rows[:, :, None] / cfg.height if axis == "vertical" else cols[:, None, :] / cfg.width
+    ramp = np.clip(along, 0.0, 1.0).astype(np.float32)[..., None]
+    start, end = np.asarray(first, np.float32), np.asarray(last, np.float32)
+    # Equal ends make `end - start` zero and the canvas exactly `first`, as before the knob.
     canvas = np.empty((len(centers), cfg.height, cfg.width, 3), np.float32)
-    canvas[:] = BACKGROUND_RGB
-    canvas[:, rows >= floor_y * cfg.height] = FLOOR_RGB
+    canvas[:] = start + ramp * (end - start)
+    canvas[rows >= floor_y * cfg.height] = FLOOR_RGB
     for i, (radius, name) in enumerate(zip(radii_px, colors, strict=True)):
-        dx = cols[None, None, :] - centers[:, i, 0, None, None]
-        dy = rows[None, :, None] - centers[:, i, 1, None, None]
+        dx = cols[:, None, :] - centers[:, i, 0, None, None]
+        dy = rows[:, :, None] - centers[:, i, 1, None, None]
         # Coverage ramps over one pixel across the rim: a cheap, smooth anti-aliased edge.
         alpha = np.clip(radius + 0.5 - np.hypot(dx, dy), 0.0, 1.0)[..., None]
         canvas += alpha * (np.asarray(PALETTE[name][0], np.float32) - canvas)
@@ -228,28 +309,46 @@ def _sound(
     max_speed: float,
     cfg: SyntheticConfig,
     rng: np.random.Generator,
+    distractors: list[Distractor],
+    distractor_rng: np.random.Generator,
 ) -> np.ndarray:
     sr = cfg.sample_rate
-    n_samples = round(cfg.duration_s * sr)
-    audio = rng.normal(0.0, _NOISE_FLOOR, n_samples)
+    audio = rng.normal(0.0, _NOISE_FLOOR, round(cfg.duration_s * sr))
     if impacts:
         onset = np.array([imp.time_s for imp in impacts])
         pitch = np.array([PALETTE[colors[imp.ball]][1] for imp in impacts])
         gain = _MAX_AMPLITUDE * np.minimum(np.array([imp.speed for imp in impacts]) / max_speed, 1)
-        # Sample indices from the first sample at or after each onset; ``tt`` keeps the
-        # sub-sample phase, so the sound starts at the exact impact time.
-        index = np.ceil(onset * sr).astype(np.int64)[:, None] + np.arange(round(_SOUND_S * sr))
-        tt = index / sr - onset[:, None]
-        tone = sum(
-            amp * np.exp(-tt * k / _DECAY_S) * np.sin(2 * np.pi * k * pitch[:, None] * tt)
-            for k, amp in _PARTIALS
-        )
-        burst = 0.25 * rng.standard_normal(tt.shape) * np.exp(-tt / 0.004)
-        sound = gain[:, None] * (np.minimum(tt / _ATTACK_S, 1.0) * tone + burst)
-        inside = index < n_samples
-        np.add.at(audio, index[inside], sound[inside])
+        _add_knocks(audio, onset, pitch, gain, sr, rng)
+    if distractors:
+        onset = np.array([d.time_s for d in distractors])
+        pitch = np.array([d.pitch_hz for d in distractors])
+        gain = np.array([d.gain for d in distractors])
+        _add_knocks(audio, onset, pitch, gain, sr, distractor_rng)
     # Clip rather than normalise: a fixed gain keeps loudness comparable across clips.
     return np.clip(audio, -1.0, 1.0).astype(np.float32)[None, :]
+
+
+def _add_knocks(
+    audio: np.ndarray,
+    onset: np.ndarray,
+    pitch: np.ndarray,
+    gain: np.ndarray,
+    sr: int,
+    rng: np.random.Generator,
+) -> None:
+    """Add a decaying tone with a noise burst at each onset (seconds) to ``audio`` in place."""
+    # Sample indices from the first sample at or after each onset; ``tt`` keeps the sub-sample
+    # phase, so the sound starts at the exact onset time.
+    index = np.ceil(onset * sr).astype(np.int64)[:, None] + np.arange(round(_SOUND_S * sr))
+    tt = index / sr - onset[:, None]
+    tone = sum(
+        amp * np.exp(-tt * k / _DECAY_S) * np.sin(2 * np.pi * k * pitch[:, None] * tt)
+        for k, amp in _PARTIALS
+    )
+    burst = 0.25 * rng.standard_normal(tt.shape) * np.exp(-tt / 0.004)
+    sound = gain[:, None] * (np.minimum(tt / _ATTACK_S, 1.0) * tone + burst)
+    inside = index < len(audio)
+    np.add.at(audio, index[inside], sound[inside])
 
 
 def _caption(colors: tuple[str, ...]) -> str:

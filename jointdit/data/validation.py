@@ -1,9 +1,12 @@
 """The validate stage's library part: accept or reject every raw clip, with a reason.
 
-Checks run cheapest first (path, file, checksum, duplicate, probe), then the probed properties
-go through the pandera contract (`validated_schema`). pandera decides; Great Expectations only
-reports, over every clip that could be probed, so the report describes the incoming data
-including what was turned away.
+Checks run cheapest first: path, file, checksum, duplicate, probe (demuxes, decodes a frame),
+then the content checks (audio present, long enough, not silent: the only one that decodes
+audio, and only a few bounded excerpts), then the probed properties go through the pandera
+contract (`validated_schema`). Every rejection has a machine-readable code and a reason that
+names the file, and accepted + rejected is checked to be exactly the inputs (the raw manifest
+plus what fetch refused). pandera decides; Great Expectations only reports, over every clip
+that could be probed, so the report describes the incoming data including what was turned away.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
 from jointdit.data.manifest import (
     RawManifest,
+    RejectedManifest,
     ValidatedManifest,
     ValidationConfig,
     resolve_inside,
@@ -29,15 +34,25 @@ from jointdit.data.manifest import (
 )
 from jointdit.data.media import MediaError, probe
 
-REJECTED_COLUMNS = ["path", "code", "reason"]
+REJECTED_COLUMNS = list(RejectedManifest.to_schema().columns)
 PROBED_COLUMNS = [c for c in ValidatedManifest.to_schema().columns if c != "split"]
+# Measured for the report and the silence check, not part of the validated contract.
+MEASURED_COLUMNS = ["loudness_dbfs", "loudness_s"]
+# Digital silence has no finite level; a floor far below any threshold keeps reports strict JSON.
+SILENCE_FLOOR_DBFS = -120.0
 
 
 @dataclass
 class ValidationResult:
     accepted: pd.DataFrame  # matches validated_schema(cfg), raw order
-    rejected: pd.DataFrame  # REJECTED_COLUMNS, raw order
+    rejected: pd.DataFrame  # RejectedManifest: refused at fetch first, then raw order
     report: dict[str, Any]  # JSON-serialisable
+
+
+@dataclass(frozen=True)
+class Loudness:
+    dbfs: float  # RMS level of the loudest excerpt, dB relative to full scale
+    seconds: float  # audio decoded to measure it (bounded by the excerpts, whatever the length)
 
 
 class _Rejected(Exception):
@@ -47,8 +62,76 @@ class _Rejected(Exception):
         self.reason = reason
 
 
-def _probe_row(row: Any, raw_dir: Path, seen: dict[str, str]) -> dict[str, Any]:
-    """Probed properties of one raw row, or _Rejected. Records the row's checksum in `seen`."""
+def excerpt_windows(
+    duration_s: float, excerpts: int, excerpt_s: float
+) -> list[tuple[float, float]]:
+    """(start, length) in seconds of the excerpts whose loudness stands for the clip's.
+
+    A clip no longer than all excerpts together is measured whole; a longer one at `excerpts`
+    windows spread evenly from its start to its end, so the cost does not grow with its length.
+    """
+    if duration_s <= excerpts * excerpt_s:
+        return [(0.0, duration_s)]
+    starts = np.linspace(0.0, duration_s - excerpt_s, excerpts)
+    return [(float(start), excerpt_s) for start in starts]
+
+
+def _excerpt_energy(
+    container: av.container.InputContainer, stream: av.AudioStream, start: float, length: float
+) -> tuple[float, int, float]:
+    """(sum of squared samples, sample count, seconds decoded) of `length` s from `start` on."""
+    # Planar float whatever the decoder's sample format, so every codec's samples are in [-1, 1].
+    resampler = av.AudioResampler(format="fltp")
+    energy, count, decoded, taken = 0.0, 0, 0.0, 0.0
+    for packet in container.demux(stream):
+        for frame in packet.decode():
+            seconds = frame.samples / frame.sample_rate
+            decoded += seconds
+            if frame.time is not None and frame.time + seconds <= start:
+                continue  # a seek lands on or before the excerpt's start
+            for out in resampler.resample(frame):
+                samples = out.to_ndarray().astype(np.float64)
+                energy += float(np.square(samples).sum())
+                count += samples.size
+            taken += seconds
+            if taken >= length:
+                return energy, count, decoded
+    return energy, count, decoded
+
+
+def audio_loudness(path: Path, duration_s: float, excerpts: int, excerpt_s: float) -> Loudness:
+    """The RMS level of the loudest excerpt of the first audio stream (see `excerpt_windows`).
+
+    Only audio is decoded, and only the excerpts: a three-hour clip costs `excerpts *
+    excerpt_s` seconds of audio, not three hours. The loudest excerpt, not the mean, decides,
+    so a clip with sound in one part is not called silent.
+    """
+    levels, decoded = [], 0.0
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.audio[0]
+            # Timestamps need not start at 0 (MPEG-TS, cut recordings): excerpts are from the
+            # stream's own start.
+            origin = stream.start_time or 0
+            for start, length in excerpt_windows(duration_s, excerpts, excerpt_s):
+                if start > 0:
+                    # Seek on the audio stream: its packets are all key frames, so the seek lands
+                    # at the excerpt even when the video's key frames are minutes apart.
+                    container.seek(origin + round(start / stream.time_base), stream=stream)
+                at = float(origin * stream.time_base) + start
+                energy, count, seconds = _excerpt_energy(container, stream, at, length)
+                decoded += seconds
+                if count:
+                    levels.append(math.sqrt(energy / count))
+    except av.FFmpegError as e:
+        raise MediaError(Path(path), "decode_error", f"cannot decode the audio ({e})") from e
+    loudest = max(levels, default=0.0)
+    dbfs = 20.0 * math.log10(loudest) if loudest > 0 else -math.inf
+    return Loudness(dbfs=max(dbfs, SILENCE_FLOOR_DBFS), seconds=decoded)
+
+
+def _file_checks(row: Any, raw_dir: Path, seen: dict[str, str]) -> Path:
+    """The row's file, after the checks that need no decoding. Records its checksum in `seen`."""
     try:
         file = resolve_inside(raw_dir, row.path)
     except ValueError as err:
@@ -63,17 +146,45 @@ def _probe_row(row: Any, raw_dir: Path, seen: dict[str, str]) -> dict[str, Any]:
     if row.sha256 in seen:
         raise _Rejected("duplicate", f"{row.path}: same content as {seen[row.sha256]}")
     seen[row.sha256] = row.path
-    try:
-        info = probe(file)
-    except MediaError as err:
-        raise _Rejected(err.code, f"{row.path}: {err.message}") from err
+    return file
+
+
+def _probe_row(row: Any, file: Path) -> dict[str, Any]:
+    """Probed properties of one raw row (MediaError when it is not usable media)."""
     return {
         "path": row.path,
         "sha256": row.sha256,
-        **asdict(info),
+        **asdict(probe(file)),
         "caption": row.caption,
         "events": row.events,
+        "label": row.label,
     }
+
+
+def _content_checks(record: dict[str, Any], file: Path, cfg: ValidationConfig) -> None:
+    """Reject a probed clip without audio, too short for a training window, or silent.
+
+    Fills the record's loudness columns when the silence check ran.
+    """
+    path = record["path"]
+    if not record["has_audio"]:
+        raise _Rejected("no_audio", f"{path}: no audio stream")
+    if record["duration_s"] < cfg.min_duration_s:
+        raise _Rejected(
+            "too_short",
+            f"{path}: {record['duration_s']:.3f} s long, shorter than the {cfg.min_duration_s} s "
+            "minimum (validate.min_duration_s, at least clip.duration_s: one training window)",
+        )
+    loudness = audio_loudness(
+        file, record["duration_s"], cfg.loudness_excerpts, cfg.loudness_excerpt_s
+    )
+    record.update(loudness_dbfs=loudness.dbfs, loudness_s=loudness.seconds)
+    if loudness.dbfs < cfg.min_loudness_dbfs:
+        raise _Rejected(
+            "silent",
+            f"{path}: audio is silent: its loudest excerpt is {loudness.dbfs:.1f} dBFS RMS, below "
+            f"{cfg.min_loudness_dbfs} dBFS ({loudness.seconds:.1f} s of audio measured)",
+        )
 
 
 def _schema_failures(table: pd.DataFrame, schema: pa.DataFrameSchema) -> dict[Any, str]:
@@ -119,29 +230,54 @@ def assign_split(paths: pd.Series, val_fraction: float, seed: int) -> pd.Series:
     return pd.Series(split, index=paths.index, name="split", dtype=object)
 
 
-def validate(raw: pd.DataFrame, raw_dir: Path, cfg: ValidationConfig) -> ValidationResult:
-    """Accept or reject every row of a raw manifest; see the module docstring for the order.
+def _check_rows(
+    raw: pd.DataFrame, raw_dir: Path, cfg: ValidationConfig
+) -> tuple[pd.DataFrame, dict[int, dict[str, str]]]:
+    """Every row through the file, probe and content checks.
 
-    `raw` must match RawManifest (pandera's SchemaErrors otherwise): a malformed table is a
-    fetch-stage bug, not a set of bad clips.
+    Returns the probed table (every row that could be probed, rejected later or not: the GX
+    report describes them all) and the rejections by row position.
     """
-    raw = RawManifest.validate(raw, lazy=True).reset_index(drop=True)
-    raw_dir = Path(raw_dir)
     rejected: dict[int, dict[str, str]] = {}
     probed: dict[int, dict[str, Any]] = {}
     seen: dict[str, str] = {}
     for pos, row in enumerate(raw.itertuples(index=False)):
         try:
-            probed[pos] = _probe_row(row, raw_dir, seen)
+            file = _file_checks(row, raw_dir, seen)
+            probed[pos] = _probe_row(row, file)
+            _content_checks(probed[pos], file, cfg)
         except _Rejected as rej:
             rejected[pos] = {"path": row.path, "code": rej.code, "reason": rej.reason}
+        except MediaError as err:
+            rejected[pos] = {
+                "path": row.path,
+                "code": err.code,
+                "reason": f"{row.path}: {err.message}",
+            }
+    columns = [*PROBED_COLUMNS, *MEASURED_COLUMNS]
+    return pd.DataFrame.from_dict(probed, orient="index", columns=columns), rejected
 
-    table = pd.DataFrame.from_dict(probed, orient="index", columns=PROBED_COLUMNS)
-    # astype: with nothing probed the column is empty and of object dtype, which `~` refuses.
-    for pos in table.index[~table["has_audio"].astype(bool)]:
-        path = table.at[pos, "path"]
-        rejected[pos] = {"path": path, "code": "no_audio", "reason": f"{path}: no audio stream"}
-    candidates = table.drop(index=list(rejected), errors="ignore")
+
+def validate(
+    raw: pd.DataFrame,
+    raw_dir: Path,
+    cfg: ValidationConfig,
+    fetch_rejected: pd.DataFrame | None = None,
+) -> ValidationResult:
+    """Accept or reject every row of a raw manifest; see the module docstring for the order.
+
+    `raw` must match RawManifest and `fetch_rejected` (inputs fetch refused without reading,
+    reported first) RejectedManifest, pandera's SchemaErrors otherwise: a malformed table is a
+    fetch-stage bug, not a set of bad clips.
+    """
+    raw = RawManifest.validate(raw, lazy=True).reset_index(drop=True)
+    if "label" not in raw:
+        raw = raw.assign(label="")
+    refused = RejectedManifest.validate(
+        pd.DataFrame(columns=REJECTED_COLUMNS) if fetch_rejected is None else fetch_rejected
+    )
+    table, rejected = _check_rows(raw, Path(raw_dir), cfg)
+    candidates = table.drop(index=list(rejected), columns=MEASURED_COLUMNS, errors="ignore")
 
     schema = validated_schema(cfg)
     failures = _schema_failures(candidates, schema.remove_columns(["split"]))
@@ -153,18 +289,24 @@ def validate(raw: pd.DataFrame, raw_dir: Path, cfg: ValidationConfig) -> Validat
     )
     accepted = schema.validate(accepted.sort_index().reset_index(drop=True))
 
-    rejected_df = pd.DataFrame(
-        [rejected[pos] for pos in sorted(rejected)], columns=REJECTED_COLUMNS
+    rejected_df = pd.concat(
+        [
+            refused,
+            pd.DataFrame([rejected[pos] for pos in sorted(rejected)], columns=REJECTED_COLUMNS),
+        ],
+        ignore_index=True,
     )
-    if sorted([*accepted["path"], *rejected_df["path"]]) != sorted(raw["path"]):
+    inputs = sorted([*raw["path"], *refused["path"]])
+    if sorted([*accepted["path"], *rejected_df["path"]]) != inputs:
         raise RuntimeError(
-            f"{len(raw)} inputs but {len(accepted)} accepted + {len(rejected_df)} rejected"
+            f"{len(inputs)} inputs but {len(accepted)} accepted + {len(rejected_df)} rejected"
         )
 
     report = {
-        "n_inputs": len(raw),
+        "n_inputs": len(inputs),
         "n_accepted": len(accepted),
         "n_rejected": len(rejected_df),
+        "n_rejected_at_fetch": len(refused),
         "n_train": int((accepted["split"] == "train").sum()),
         "n_val": int((accepted["split"] == "val").sum()),
         "rejected_by_code": dict(sorted(Counter(rejected_df["code"]).items())),
@@ -191,8 +333,11 @@ def _jsonable(value: Any) -> Any:
 def gx_report(table: pd.DataFrame, cfg: ValidationConfig) -> dict[str, Any]:
     """Run the Great Expectations suite over a probed table; a JSON-serialisable summary.
 
-    The expectations mirror the pandera thresholds, so over accepted clips they all pass and
-    over probed inputs they show how much of the incoming data breaks each one.
+    `table` has PROBED_COLUMNS and MEASURED_COLUMNS (NaN where not measured). The expectations
+    mirror the thresholds (frame rate, size, duration, sample rate, audio present and not
+    silent) plus the share of captioned clips, so over accepted clips the thresholds all pass
+    and over probed inputs they show how much of the incoming data breaks each one. `profile`
+    adds the distributions a pass/fail summary hides.
     """
     # Imported here: GX takes seconds to import and only this report needs it.
     import great_expectations as gx
@@ -229,6 +374,13 @@ def gx_report(table: pd.DataFrame, cfg: ValidationConfig) -> dict[str, Any]:
             ex.ExpectColumnValuesToBeBetween(column="sample_rate", min_value=cfg.min_sample_rate),
             ex.ExpectColumnValuesToBeInSet(column="has_audio", value_set=[True]),
             ex.ExpectColumnValuesToNotBeNull(column="caption"),
+            # Null (not measured: no audio, too short) rows are left out by GX.
+            ex.ExpectColumnValuesToBeBetween(
+                column="loudness_dbfs", min_value=cfg.min_loudness_dbfs
+            ),
+            ex.ExpectColumnValueLengthsToBeBetween(
+                column="caption", min_value=1, mostly=cfg.min_caption_fraction
+            ),
         ],
     )
     result = batch.validate(suite, result_format="SUMMARY")
@@ -256,5 +408,34 @@ def gx_report(table: pd.DataFrame, cfg: ValidationConfig) -> dict[str, Any]:
             "n_rows": len(table),
             "statistics": dict(result.statistics),
             "expectations": expectations,
+            "profile": _profile(table),
         }
     )
+
+
+def _quantiles(values: pd.Series) -> dict[str, float]:
+    values = values.dropna().astype(float)
+    if values.empty:
+        return {}
+    points = {"min": 0.0, "p10": 0.1, "p50": 0.5, "p90": 0.9, "max": 1.0}
+    return {name: float(values.quantile(q)) for name, q in points.items()}
+
+
+def _counts(values: pd.Series) -> dict[str, int]:
+    return {str(k): int(v) for k, v in values.value_counts().sort_index().items()}
+
+
+def _profile(table: pd.DataFrame) -> dict[str, Any]:
+    """What the probed inputs look like: duration, frame and sample rates, loudness, captions."""
+    return {
+        "duration_s": {
+            **_quantiles(table["duration_s"]),
+            "total": float(table["duration_s"].sum()),
+        },
+        "fps": _counts(table["fps"]),
+        "sample_rate": _counts(table["sample_rate"][table["has_audio"].astype(bool)]),
+        "channels": _counts(table["channels"][table["has_audio"].astype(bool)]),
+        "loudness_dbfs": _quantiles(table["loudness_dbfs"]),
+        "caption_fraction": float((table["caption"] != "").mean()) if len(table) else None,
+        "labels": _counts(table["label"][table["label"] != ""]),
+    }

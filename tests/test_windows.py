@@ -1,0 +1,464 @@
+"""Training windows: planning, one-pass decoding, alignment, normalisation and resumable caching."""
+
+from __future__ import annotations
+
+import json
+import re
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from jointdit.data.manifest import (
+    ManifestError,
+    ValidatedManifest,
+    WindowManifest,
+    write_manifest,
+)
+from jointdit.data.media import fit_frame, read_clip, read_windows, write_clip
+from jointdit.data.shards import build_shards, load_split, shard_clips, write_shard
+from jointdit.data.windows import plan_windows
+from tasks import cache as cache_task
+from tasks.common import codec_from, load_params
+
+SR = 16000
+CLICKS_S = (0.3, 1.25, 2.6, 3.1, 4.45, 5.7, 6.2, 7.85, 8.9, 9.6)  # gaps unlike the 1 s hop
+
+
+def grey_frames(levels: np.ndarray, height: int = 32, width: int = 48) -> np.ndarray:
+    """Flat frames of the given grey levels: frame identity survives lossy coding."""
+    return np.broadcast_to(
+        np.asarray(levels, np.uint8)[:, None, None, None], (len(levels), height, width, 3)
+    ).copy()
+
+
+def clicks(seconds: float, sample_rate: int, times: tuple[float, ...], channels: int = 1):
+    audio = np.zeros((channels, round(seconds * sample_rate)), np.float32)
+    for t in times:
+        if t < seconds:
+            audio[:, round(t * sample_rate)] = 0.9
+    return audio
+
+
+def peaks(audio: np.ndarray, count: int, sample_rate: int = SR) -> list[float]:
+    """Times of the ``count`` loudest clicks, at least 0.1 s apart."""
+    energy, found = np.abs(audio).copy(), []
+    for _ in range(count):
+        i = int(np.argmax(energy))
+        found.append(i / sample_rate)
+        energy[max(0, i - sample_rate // 10) : i + sample_rate // 10] = 0
+    return sorted(found)
+
+
+def write_av(
+    path: Path,
+    frames: np.ndarray,
+    times: np.ndarray,
+    audio: np.ndarray,
+    sample_rate: int,
+    video_codec: str = "libx264",
+    audio_codec: str = "aac",
+    audio_delay_s: float = 0.0,
+    rotation: int = 0,
+) -> None:
+    """Frames shown at ``times`` (ms time base: any frame rate, variable too), audio starting
+    ``audio_delay_s`` after the first frame, an optional display rotation; format by suffix."""
+    ms = Fraction(1, 1000)
+    with av.open(str(path), "w") as out:
+        video = out.add_stream(video_codec, rate=30)
+        video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        video.codec_context.time_base = ms
+        if rotation:
+            video.set_display_rotation(rotation)
+        layout = "mono" if audio.shape[0] == 1 else "stereo"
+        sound = out.add_stream(audio_codec, rate=sample_rate, layout=layout)
+        for rgb, t in zip(frames, times, strict=True):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame.pts, frame.time_base = round(t * 1000), ms
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        fmt = "fltp" if sound.codec_context.format.is_planar else "flt"
+        for start in range(0, audio.shape[1], 1024):
+            chunk = np.ascontiguousarray(audio[:, start : start + 1024])
+            if fmt == "flt":
+                chunk = np.ascontiguousarray(chunk.T.reshape(1, -1))
+            frame = av.AudioFrame.from_ndarray(chunk, format=fmt, layout=layout)
+            frame.sample_rate = sample_rate
+            frame.pts = start + round(audio_delay_s * sample_rate)
+            frame.time_base = Fraction(1, sample_rate)
+            out.mux(sound.encode(frame))
+        out.mux(sound.encode(None))
+
+
+# -- planning ---------------------------------------------------------------------------------
+
+
+def test_plan_windows_counts_hops_caps_and_rejects_short_clips():
+    assert plan_windows(2.0, 2.0, 2.0, 8) == [0.0]
+    assert plan_windows(1.9999, 2.0, 2.0, 8) == [0.0]  # metadata rounding is not "too short"
+    assert plan_windows(10.0, 2.0, 1.0, 20) == [float(k) for k in range(9)]
+    assert plan_windows(10.0, 2.0, 3.0, 8) == [0.0, 3.0, 6.0]  # whole windows only
+    assert plan_windows(5.0, 2.0, 0.1, 100)[:4] == [0.0, 0.1, 0.2, 0.3]
+    assert plan_windows(3 * 3600.0, 2.0, 2.0, 8) == [2.0 * k for k in range(8)]  # first N
+    assert plan_windows(1.5, 2.0, 2.0, 8) == []
+    with pytest.raises(ValueError):
+        plan_windows(10.0, 2.0, 0.0, 8)
+
+
+# -- one pass, many windows -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=[48000, 44100])
+def long_clip(request, tmp_path_factory) -> Path:
+    """10 s, 16 fps, frame k at grey level 3 k % 250; stereo clicks at CLICKS_S."""
+    path = tmp_path_factory.mktemp("long") / "long.mp4"
+    frames = grey_frames(np.arange(160) * 3 % 250)
+    rate = request.param
+    write_clip(path, frames, 16.0, clicks(10.0, rate, CLICKS_S, channels=2), rate)
+    return path
+
+
+def test_windows_equal_slices_of_one_long_decode(long_clip):
+    starts = plan_windows(10.0, 2.0, 1.0, 20)
+    assert len(starts) == 9
+    windows = read_windows(long_clip, starts, 8.0, 24, 16, SR, 2.0)
+    whole = read_clip(long_clip, 8.0, 24, 16, SR, 10.0)
+    for s, w in zip(starts, windows, strict=True):
+        first = round(s * 8)
+        np.testing.assert_array_equal(w.frames, whole.frames[first : first + 16])
+        # Resampled in windows, with context, equals resampled whole and sliced.
+        lo = round(s * SR)
+        np.testing.assert_allclose(w.audio, whole.audio[lo : lo + 2 * SR], atol=1e-5)
+        inside = [t - s for t in CLICKS_S if s + 0.05 < t < s + 1.95]
+        assert np.allclose(peaks(w.audio, len(inside)), inside, atol=0.002)
+
+
+def test_late_audio_stays_in_sync(tmp_path):
+    """Audio written with a 0.5 s pts offset: silence first, onsets at source time + 0.5 s."""
+    path = tmp_path / "late.mp4"
+    times = (0.2, 1.1, 2.7, 3.4)
+    write_av(
+        path,
+        grey_frames(np.zeros(48)),
+        np.arange(48) / 8,
+        clicks(5.5, SR, times),
+        SR,
+        audio_delay_s=0.5,
+    )
+    starts = [0.0, 2.0, 4.0]
+    windows = read_windows(path, starts, 8.0, 16, 16, SR, 2.0)
+    assert np.abs(windows[0].audio[: round(0.45 * SR)]).max() < 1e-3
+    for s, w in zip(starts, windows, strict=True):
+        inside = [t + 0.5 - s for t in times if s + 0.05 < t + 0.5 < s + 1.95]
+        assert np.allclose(peaks(w.audio, len(inside)), inside, atol=1 / 1000)
+
+
+# -- frames by timestamp ----------------------------------------------------------------------
+
+
+def picked_levels(frames: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    return np.abs(frames.mean(axis=(1, 2, 3))[:, None] - levels[None]).argmin(axis=1)
+
+
+def expected_picks(times: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Index of the last frame shown at or before each target (times as stored, in ms)."""
+    stored = np.round(times * 1000) / 1000
+    return np.searchsorted(stored - stored[0], targets + 1e-4, side="right") - 1
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        np.arange(45) / 30,  # 30 fps
+        np.cumsum(np.random.default_rng(0).choice([0.01, 0.03, 0.05, 0.12], 40)),  # variable
+    ],
+    ids=["30fps", "vfr"],
+)
+def test_frames_are_picked_by_timestamp(tmp_path, times):
+    path = tmp_path / "rate.mp4"
+    levels = np.arange(len(times)) * 5
+    duration = times[-1] - times[0]
+    write_av(path, grey_frames(levels), times, clicks(duration + 0.5, SR, ()), SR)
+    starts = [0.0, 0.5]
+    windows = read_windows(path, starts, 8.0, 48, 32, SR, 1.0)  # no resize: exact levels
+    for s, w in zip(starts, windows, strict=True):
+        targets = s + np.arange(8) / 8
+        np.testing.assert_array_equal(
+            picked_levels(w.frames, levels), expected_picks(times, targets)
+        )
+
+
+# -- pictures: aspect, crop, rotation -----------------------------------------------------------
+
+
+def bands(height: int, width: int) -> np.ndarray:
+    """Red left quarter, green centre half, blue right quarter."""
+    rgb = np.zeros((height, width, 3), np.uint8)
+    rgb[:, : width // 4, 0] = 255
+    rgb[:, width // 4 : 3 * width // 4, 1] = 255
+    rgb[:, 3 * width // 4 :, 2] = 255
+    return rgb
+
+
+def test_fit_frame_keeps_aspect_and_crops_the_centre():
+    frame = av.VideoFrame.from_ndarray(bands(32, 64), format="rgb24")
+    out = fit_frame(frame, 16, 16)  # 64x32 -> 32x16 -> centre 16: all green, no squash
+    assert out.shape == (16, 16, 3)
+    assert out[..., 1].min() > 200 and out[..., [0, 2]].max() < 60
+    wide = fit_frame(frame, 32, 8)  # 64x32 -> 32x16 -> centre 8 rows: all three bands
+    np.testing.assert_array_equal(wide.argmax(axis=-1)[4], [0] * 8 + [1] * 16 + [2] * 8)
+
+
+def test_centre_crop_through_a_file(tmp_path):
+    path = tmp_path / "wide.mp4"
+    frames = np.stack([bands(32, 64)] * 8)
+    write_clip(path, frames, 8.0, clicks(1.0, SR, ()), SR)
+    out = read_clip(path, 8.0, 16, 16, SR, 1.0).frames
+    assert out[..., 1].min() > 180 and out[..., [0, 2]].max() < 80
+
+
+def test_phone_rotation_comes_out_upright(tmp_path):
+    """A portrait clip stored landscape with a display matrix, as phones write them."""
+    upright = np.zeros((64, 32, 3), np.uint8)
+    upright[:32, :, 0] = 255  # red on top
+    upright[32:, :, 2] = 255  # blue below
+    stored = np.rot90(upright, 1)  # 32 x 64 landscape; shown turned 90 degrees clockwise
+    path = tmp_path / "phone.mp4"
+    write_av(path, np.stack([stored] * 8), np.arange(8) / 8, clicks(1.0, SR, ()), SR, rotation=-90)
+    with av.open(str(path)) as container:
+        assert next(container.decode(video=0)).rotation == -90
+    out = read_clip(path, 8.0, 16, 32, SR, 1.0).frames[0]
+    assert out.shape == (32, 16, 3)
+    assert out[:12, :, 0].min() > 200 and out[:12, :, 2].max() < 60
+    assert out[20:, :, 2].min() > 200 and out[20:, :, 0].max() < 60
+
+
+# -- sound: downmix, rates, codecs ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [44100, 48000])
+def test_stereo_is_averaged_and_resampled_keeping_pitch(tmp_path, rate):
+    t = np.arange(2 * rate) / rate
+    tone = np.sin(2 * np.pi * 1000 * t)
+    audio = np.stack([0.4 * tone, 0.2 * tone]).astype(np.float32)  # mean: 0.3
+    path = tmp_path / "tone.mp4"
+    write_clip(path, grey_frames(np.zeros(16)), 8.0, audio, rate)
+    wave = read_clip(path, 8.0, 16, 16, SR, 2.0).audio[SR // 4 : -SR // 4]
+    spectrum = np.abs(np.fft.rfft(wave * np.hanning(len(wave))))
+    assert np.fft.rfftfreq(len(wave), 1 / SR)[spectrum.argmax()] == pytest.approx(1000, abs=3)
+    assert np.sqrt(2 * np.mean(wave**2)) == pytest.approx(0.3, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "video_codec", "audio_codec", "rate"),
+    [("webm", "libvpx-vp9", "libopus", 48000), ("mkv", "libx265", "libmp3lame", 44100)],
+)
+def test_other_codecs_decode_in_sync(tmp_path, suffix, video_codec, audio_codec, rate):
+    path = tmp_path / f"clip.{suffix}"
+    levels = np.arange(32) * 7
+    times = (0.4, 1.3, 2.2, 3.1)
+    audio = clicks(4.0, rate, times)
+    frames = grey_frames(levels, 64, 64)  # x265 aborts on smaller pictures
+    write_av(path, frames, np.arange(32) / 8, audio, rate, video_codec, audio_codec)
+    windows = read_windows(path, [0.0, 2.0], 8.0, 16, 16, SR, 2.0)
+    for s, w in zip([0.0, 2.0], windows, strict=True):
+        np.testing.assert_array_equal(picked_levels(w.frames, levels), s * 8 + np.arange(16))
+        inside = [t - s for t in times if s < t < s + 2]
+        assert np.allclose(peaks(w.audio, len(inside)), inside, atol=0.003)
+
+
+# -- memory -----------------------------------------------------------------------------------
+
+
+def write_hd(path: Path) -> int:
+    """10 s of 1920x1080 at 60 fps (a bar moving over black) and mono audio; fast x264."""
+    height, width, fps = 1080, 1920, 60
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        sound = out.add_stream("aac", rate=SR, layout="mono")
+        yuv = np.zeros((height * 3 // 2, width), np.uint8)
+        yuv[height:] = 128
+        for k in range(10 * fps):
+            yuv[:height] = 16
+            yuv[:height, (k * 3) % width : (k * 3) % width + 64] = 235
+            frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+            frame.pts = k
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        samples = clicks(10.0, SR, CLICKS_S)
+        for start in range(0, samples.shape[1], 1024):
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(samples[:, start : start + 1024]), format="fltp", layout="mono"
+            )
+            frame.sample_rate, frame.pts = SR, start
+            out.mux(sound.encode(frame))
+        out.mux(sound.encode(None))
+    return 10 * fps * height * width * 3
+
+
+def memory(key: str) -> int:
+    """VmRSS (resident now) or VmHWM (peak resident) of this process, in bytes."""
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(rf"{key}:\s+(\d+) kB", status).group(1)) * 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux only")
+def test_a_large_file_streams_in_bounded_memory(tmp_path):
+    path = tmp_path / "hd.mp4"
+    decoded_bytes = write_hd(path)  # 3.7 GB as RGB
+    Path("/proc/self/clear_refs").write_text("5")  # resets the peak to what is resident now
+    before = memory("VmRSS")
+    windows = read_windows(path, plan_windows(10.0, 2.0, 1.0, 8), 8.0, 32, 32, SR, 2.0)
+    growth = memory("VmHWM") - before
+    assert len(windows) == 8 and windows[-1].frames.shape == (16, 32, 32, 3)
+    assert growth < decoded_bytes / 40, f"peak RSS grew {growth / 1e6:.0f} MB"
+
+
+# -- the cache stage --------------------------------------------------------------------------
+
+
+def make_raw(root: Path, durations: list[float]) -> list[dict]:
+    """Clips under root/data/raw and their validated-manifest rows (all in train)."""
+    rows = []
+    for i, seconds in enumerate(durations):
+        rel = f"clips/c{i}.mp4"
+        (root / "data/raw/clips").mkdir(parents=True, exist_ok=True)
+        n = round(seconds * 8)
+        write_clip(
+            root / "data/raw" / rel,
+            grey_frames(np.arange(n) * 5 % 250, 16, 16),
+            8.0,
+            clicks(seconds, SR, (0.5, 2.5)),
+            SR,
+        )
+        rows.append(
+            {
+                "path": rel,
+                "sha256": f"{i:064x}",
+                "duration_s": seconds,
+                "fps": 8.0,
+                "width": 16,
+                "height": 16,
+                "sample_rate": SR,
+                "channels": 1,
+                "has_audio": True,
+                "caption": f"clip {i}",
+                "events": json.dumps([0.5, 2.5]),
+                "split": "train",
+            }
+        )
+    return rows
+
+
+def test_plan_shifts_events_and_keeps_the_clip_split():
+    row = {"path": "a.mp4", "duration_s": 5.0, "events": "[0.5, 2.5, 4.5]", "split": "val"}
+    short = {"path": "b.mp4", "duration_s": 1.0, "events": "", "split": "train"}
+    clip = {"duration_s": 2.0, "hop_s": 1.5, "max_windows_per_clip": 8}
+    windows, rejected = cache_task.plan([row, short], clip)
+    assert [(w["window"], w["start_s"]) for w in windows] == [(0, 0.0), (1, 1.5), (2, 3.0)]
+    assert [json.loads(w["events"]) for w in windows] == [[0.5], [1.0], [1.5]]
+    assert {w["split"] for w in windows} == {"val"}
+    assert rejected == [{"path": "b.mp4", "code": "too_short", "reason": rejected[0]["reason"]}]
+
+
+def test_window_schema_rejects_split_clips_and_repeated_windows(tmp_path):
+    base = {
+        "path": "a.mp4",
+        "sha256": "0" * 64,
+        "duration_s": 4.0,
+        "fps": 8.0,
+        "width": 16,
+        "height": 16,
+        "sample_rate": SR,
+        "channels": 1,
+        "has_audio": True,
+        "caption": "",
+        "events": "",
+        "split": "train",
+    }
+    table = pd.DataFrame(
+        [
+            {**base, "window": 0, "start_s": 0.0},
+            {**base, "window": 1, "start_s": 2.0, "split": "val"},
+        ]
+    )
+    with pytest.raises(ManifestError, match="one_split_per_clip"):
+        write_manifest(table, tmp_path / "w.csv", WindowManifest)
+    table["split"] = "train"
+    write_manifest(table, tmp_path / "w.csv", WindowManifest)
+    with pytest.raises(ManifestError, match="not unique"):
+        write_manifest(
+            pd.concat([table, table[1:]], ignore_index=True), tmp_path / "w.csv", WindowManifest
+        )
+
+
+def test_cache_resumes_with_windows(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = load_params(Path(__file__).resolve().parent.parent / "params.yaml")
+    params["clip"].update(duration_s=2.0, hop_s=1.0, max_windows_per_clip=8, width=16, height=16)
+    windows, _ = cache_task.plan(make_raw(tmp_path, [4.0, 4.0]), params["clip"])
+    assert len(windows) == 6  # 3 per clip; shards of 4 split clip 1's windows
+    codec = codec_from(params)
+    out = tmp_path / "cache"
+    encoded: list[tuple[str, int]] = []
+
+    def encode(rows, fail_after=None):
+        if fail_after is not None and len(encoded) >= fail_after:
+            raise KeyboardInterrupt  # killed
+        encoded.extend((r["path"], r["window"]) for r in rows)
+        yield from cache_task.encode_windows(rows, params, codec)
+
+    with pytest.raises(KeyboardInterrupt):
+        build_shards(out, "train", windows, lambda rows: encode(rows, fail_after=4), 4)
+    assert shard_clips(out / "train-0000.safetensors") == windows[:4]
+    assert sorted(p.name for p in out.iterdir()) == ["train-0000.safetensors"]
+
+    encoded.clear()
+    build_shards(out, "train", windows, encode, 4)
+    assert encoded == [("clips/c1.mp4", 1), ("clips/c1.mp4", 2)]  # only the second shard
+
+    first = out / "train-0000.safetensors"
+    first.write_bytes(first.read_bytes()[:-100])  # cut by a crash outside our atomic write
+    encoded.clear()
+    build_shards(out, "train", windows, encode, 4)
+    assert len(encoded) == 4 and shard_clips(first) == windows[:4]
+
+
+def test_cache_stage_writes_windows_and_rejects_short_clips(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = load_params(Path(__file__).resolve().parent.parent / "params.yaml")
+    params["clip"].update(duration_s=2.0, hop_s=1.0, max_windows_per_clip=2, width=16, height=16)
+    rows = make_raw(tmp_path, [4.0, 3.0, 1.0])
+    rows[1]["split"] = "val"
+    write_manifest(pd.DataFrame(rows), tmp_path / "data/validated/manifest.csv", ValidatedManifest)
+    index = cache_task.cache(params)
+    assert (index["clips"], index["windows"]) == (2, 4)  # capped at 2 per clip
+    table = pd.read_csv(tmp_path / "data/cache/windows.csv")
+    assert table[["path", "window", "split"]].values.tolist() == [
+        ["clips/c0.mp4", 0, "train"],
+        ["clips/c0.mp4", 1, "train"],
+        ["clips/c1.mp4", 0, "val"],
+        ["clips/c1.mp4", 1, "val"],
+    ]
+    rejected = pd.read_csv(tmp_path / "data/cache/rejected.csv")
+    assert rejected[["path", "code"]].values.tolist() == [["clips/c2.mp4", "too_short"]]
+    val = load_split(tmp_path / "data/cache", "val")
+    assert [c["start_s"] for c in val.clips] == [0.0, 1.0]
+    # the image condition is the window's first frame
+    torch.testing.assert_close(val.batch.image, val.batch.video[:, 0])
+
+
+def test_a_shard_killed_while_written_leaves_nothing(tmp_path, monkeypatch):
+    def killed(tensors, filename, metadata):
+        Path(filename).write_bytes(b"half a shard")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("jointdit.data.shards.save_file", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_shard(tmp_path / "train-0000.safetensors", {"x": torch.zeros(2)}, [{"path": "a"}])
+    assert list(tmp_path.iterdir()) == []
