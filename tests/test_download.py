@@ -9,6 +9,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+import pandas as pd
 import pytest
 
 from jointdit.data import download as download_module
@@ -418,3 +419,22 @@ def test_fetch_urls_of_a_header_only_csv_is_empty_and_valid(tmp_path):
     assert list(rejected.columns) == ["path", "code", "reason"]
     RawManifest.validate(kept)
     RejectedManifest.validate(rejected)
+
+
+def test_the_fetch_task_takes_a_url_list_from_params(server, tmp_path, monkeypatch):
+    from tasks.fetch import fetch
+
+    monkeypatch.chdir(tmp_path)  # the task writes data/raw/ under the working directory
+    (tmp_path / "list.csv").write_text(
+        "url,sha256,caption\n"
+        f"{server.url('/good.mp4')},{sha('/good.mp4')},a good clip\n"
+        f"{server.url('/missing.mp4')},{sha('/missing.mp4')},\n"
+    )
+    settings = {"timeout_s": 5.0, "retries": 0, "backoff_s": 0.01, "max_bytes": 1 << 20}
+    fetch({"data": {"source": "urls", "urls": "list.csv", "download": settings}})
+
+    manifest = pd.read_csv(tmp_path / "data/raw/manifest.csv")
+    rejected = pd.read_csv(tmp_path / "data/raw/fetch_rejected.csv")
+    assert list(manifest["caption"]) == ["a good clip"] and set(manifest["source"]) == {"urls"}
+    assert list(rejected["code"]) == ["http_error"]
+    assert (tmp_path / "data/raw" / manifest["path"][0]).read_bytes() == blob("/good.mp4")
