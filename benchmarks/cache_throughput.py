@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import tempfile
 import time
-from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from jointdit.data import media
 from jointdit.data.shards import write_shard
 from jointdit.data.windows import plan_windows
 from jointdit.text import tokenize
+from jointdit.timing import Timer
 from tasks.common import codec_from, load_params
 
 WIDTH, HEIGHT, FPS, RATE = 640, 360, 30, 48000
@@ -79,34 +79,14 @@ def bare_decode(path: Path) -> None:
             pass
 
 
-class Phases:
-    """Seconds per phase; `wrap` times a function wherever it is called from."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        yield
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-
-    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            with self(name):
-                return fn(*args, **kwargs)
-
-        return timed
-
-
 def cache_path(
     files: list[Path], params: dict[str, Any], hop: float, out: Path
-) -> tuple[Phases, int]:
+) -> tuple[Timer, int]:
     """(phases, windows): every whole window of each file through read_windows, the codec and
     one shard per file."""
     clip, model = params["clip"], params["model"]
     codec = codec_from(params)
-    phases, count = Phases(), 0
+    phases, count = Timer(), 0
     with contextlib.ExitStack() as stack:
         # Time the pieces where read_windows calls them.
         for owner, attr, name in (

@@ -15,13 +15,10 @@ that share one.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import hashlib
 import json
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +46,7 @@ from jointdit.metrics.suite import (
     summarise,
 )
 from jointdit.metrics.vggish import VGGishEmbedder
+from jointdit.timing import Timer
 from jointdit.training import validation_loss
 from jointdit.viz import log_mel, sample_sheet, system_bars
 from tasks.common import (
@@ -71,19 +69,6 @@ PER_SAMPLE = REPORTS / "per_sample.csv"
 SYSTEMS_CSV = PLOTS / "systems.csv"
 # The columns of the DVC plot and of the MLflow bar chart.
 HEADLINE = ("av_align", "oracle_f1", "fd_logmel", "fd_frames", "fad", "fvd", "psnr")
-
-
-class Timer:
-    """Wall time per phase, to say where evaluation spends its time."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, phase: str) -> Iterator[None]:
-        start = time.perf_counter()
-        yield
-        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
 def load_embedders(cfg: dict[str, str], frames: int) -> Embedders:

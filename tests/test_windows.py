@@ -6,6 +6,7 @@ import json
 import re
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -337,22 +338,28 @@ def make_raw(root: Path, durations: list[float]) -> list[dict]:
             SR,
         )
         rows.append(
-            {
-                "path": rel,
-                "sha256": f"{i:064x}",
-                "duration_s": seconds,
-                "fps": 8.0,
-                "width": 16,
-                "height": 16,
-                "sample_rate": SR,
-                "channels": 1,
-                "has_audio": True,
-                "caption": f"clip {i}",
-                "events": json.dumps([0.5, 2.5]),
-                "split": "train",
-            }
+            validated_row(rel, i, seconds, caption=f"clip {i}", events=json.dumps([0.5, 2.5]))
         )
     return rows
+
+
+def validated_row(path: str, i: int, seconds: float, **columns: Any) -> dict:
+    """A validated-manifest row of a 16x16, 8 fps, mono clip in train."""
+    return {
+        "path": path,
+        "sha256": f"{i:064x}",
+        "duration_s": seconds,
+        "fps": 8.0,
+        "width": 16,
+        "height": 16,
+        "sample_rate": SR,
+        "channels": 1,
+        "has_audio": True,
+        "caption": "",
+        "events": "",
+        "split": "train",
+        **columns,
+    }
 
 
 def test_plan_shifts_events_and_keeps_the_clip_split():
@@ -367,20 +374,7 @@ def test_plan_shifts_events_and_keeps_the_clip_split():
 
 
 def test_window_schema_rejects_split_clips_and_repeated_windows(tmp_path):
-    base = {
-        "path": "a.mp4",
-        "sha256": "0" * 64,
-        "duration_s": 4.0,
-        "fps": 8.0,
-        "width": 16,
-        "height": 16,
-        "sample_rate": SR,
-        "channels": 1,
-        "has_audio": True,
-        "caption": "",
-        "events": "",
-        "split": "train",
-    }
+    base = validated_row("a.mp4", 0, 4.0)
     table = pd.DataFrame(
         [
             {**base, "window": 0, "start_s": 0.0},
