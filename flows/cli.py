@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--sampler", choices=["euler", "heun"])
     s.add_argument("--model-uri", default="models:/jointdit@champion")
     s.add_argument("--out-dir", default="outputs")
-    s.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    s.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     p = sub.add_parser("pipeline", help="run the DVC stages as a Prefect flow")
     p.add_argument("--stage", action="append", dest="stages", help="only these (repeatable)")
     p.add_argument("--force", action="store_true", help="rerun even if up to date")

@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger, task
 
 from jointdit.data.media import write_clip, write_wav
 from jointdit.viz import log_mel, sample_sheet
+from tasks.common import check_tracking_server, resolve_tracking_uri
 
 DEFAULT_MODEL = "models:/jointdit@champion"
 
@@ -18,6 +19,7 @@ DEFAULT_MODEL = "models:/jointdit@champion"
 def load_model(model_uri: str, tracking_uri: str) -> Any:
     import mlflow
 
+    check_tracking_server(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     return mlflow.pyfunc.load_model(model_uri)
 
@@ -53,9 +55,11 @@ def sample(
     sampler: str | None = None,
     model_uri: str = DEFAULT_MODEL,
     out_dir: str = "outputs",
-    tracking_uri: str = "sqlite:///mlflow.db",
+    tracking_uri: str | None = None,
 ) -> dict[str, str]:
-    """Animate and sound `image`; steps/guidance/sampler default to the registered model's."""
+    """Animate and sound `image`; steps/guidance/sampler default to the registered model's.
+
+    `tracking_uri` unset: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db."""
     import mlflow
 
     logger = get_run_logger()
@@ -68,7 +72,8 @@ def sample(
         request["guidance"] = guidance
     if sampler is not None:
         request["sampler"] = sampler
-    model = load_model(model_uri, tracking_uri)
+    uri = tracking_uri or resolve_tracking_uri(None)
+    model = load_model(model_uri, uri)
     result = predict(model, request)
     stem = f"{Path(image).stem}_seed{seed}"
     paths = write_outputs(result, Path(out_dir), stem, prompt or Path(image).name)

@@ -66,9 +66,17 @@ def drop_conditions(batch: Batch, cfg: FlowConfig, generator: torch.Generator) -
     )
 
 
-def _masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+def _masked_mse(pred: Tensor, target: Tensor, mask: Tensor, count: Tensor | None) -> Tensor:
     per_sample = (pred - target).square().flatten(1).mean(1)
-    return (per_sample * mask).sum() / mask.sum().clamp_min(1)
+    return (per_sample * mask).sum() / (mask.sum() if count is None else count).clamp_min(1)
+
+
+def draw_noise(batch: Batch, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(video noise, audio noise), drawn in the order flow_loss draws them itself."""
+    return (
+        torch.randn(batch.video.shape, generator=generator),
+        torch.randn(batch.audio.shape, generator=generator),
+    )
 
 
 def flow_loss(
@@ -79,10 +87,17 @@ def flow_loss(
     generator: torch.Generator,
     audio_weight: float,
     experts_only: bool = False,
+    noise: tuple[Tensor, Tensor] | None = None,
+    counts: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Velocity MSE at per-modality times (B,); a modality held clean (t = 0) has no loss."""
-    noise_v = torch.randn(batch.video.shape, generator=generator)
-    noise_a = torch.randn(batch.audio.shape, generator=generator)
+    """Velocity MSE at per-modality times (B,); a modality held clean (t = 0) has no loss.
+
+    `noise` (else drawn from `generator`) and `counts`, the (video, audio) numbers of samples
+    with loss in the whole batch (else this batch's), let a micro-batch return its share of
+    the whole batch's loss: the shares of a split batch sum to the unsplit loss.
+    """
+    noise_v, noise_a = draw_noise(batch, generator) if noise is None else noise
+    count_v, count_a = (None, None) if counts is None else counts
     pred_v, pred_a = model(
         noised(batch.video, noise_v, t_video),
         noised(batch.audio, noise_a, t_audio),
@@ -93,7 +108,7 @@ def flow_loss(
         experts_only=experts_only,
         image_embedding=batch.image_embedding,
     )
-    loss_v = _masked_mse(pred_v, noise_v - batch.video, (t_video > 0).float())
-    loss_a = _masked_mse(pred_a, noise_a - batch.audio, (t_audio > 0).float())
+    loss_v = _masked_mse(pred_v, noise_v - batch.video, (t_video > 0).float(), count_v)
+    loss_a = _masked_mse(pred_a, noise_a - batch.audio, (t_audio > 0).float(), count_a)
     loss = (loss_v + audio_weight * loss_a) / (1 + audio_weight)
     return loss, {"loss": loss.item(), "loss_video": loss_v.item(), "loss_audio": loss_a.item()}

@@ -9,13 +9,15 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from jointdit.flow import Batch, FlowConfig, drop_conditions, flow_loss, sample_t
+from jointdit.flow import Batch, FlowConfig, draw_noise, drop_conditions, flow_loss, sample_t
 from jointdit.model.jointdit import JointDiT
+from jointdit.train_state import fingerprint, restore_state, save_state
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,13 @@ class TrainConfig:
     grad_checkpointing: bool = False  # less activation memory, one more forward per step
     bf16: bool = False  # bf16 autocast; 1.3x faster per step on this 2-core CPU (benchmarks/)
     compile: bool = False  # torch.compile the model for the training steps
+    # micro-batches per step: the same update as one batch, with 1/grad_accum of the activations
+    grad_accum: int = 1
+    # EMA of the trainable weights (decay warmed up as min(decay, (1+n)/(10+n))), which become
+    # the final weights; 0 = off. Validation during training still sees the raw weights.
+    ema_decay: float = 0.0
+    checkpoint_every: int = 100  # resume checkpoints, when train() is given a resume_dir
+    keep_checkpoints: int = 2
 
 
 def set_trainable(
@@ -98,39 +107,109 @@ def train(
     flow: FlowConfig,
     log: Callable[[int, dict[str, float]], None] = lambda step, metrics: None,
     progress: bool = True,
+    resume_dir: Path | None = None,
 ) -> list[dict[str, float]]:
-    """Train in place; returns the history of logged metrics (train and val losses)."""
+    """Train in place; returns the history of logged metrics (train and val losses).
+
+    With `resume_dir`, the whole training state is saved there every `checkpoint_every` steps
+    and a run restarts from the newest checkpoint of the same run (settings, starting weights
+    and data), ending with the same weights as an uninterrupted run. Every random draw comes
+    from one generator (and torch's global RNG, seeded here), both checkpointed.
+    """
+    if not 1 <= cfg.grad_accum <= cfg.batch_size:
+        raise ValueError(f"grad_accum={cfg.grad_accum} must be in [1, batch_size]")
     torch.manual_seed(cfg.seed)
     names = set(set_trainable(model, cfg.trainable, cfg.frozen))
     params = [p for n, p in model.named_parameters() if n in names]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
+    ema = {
+        n: p.detach().clone() for n, p in model.named_parameters() if n in names and cfg.ema_decay
+    }
     history: list[dict[str, float]] = []
+    start = 0
+    if resume_dir is not None:
+        key = fingerprint(
+            {"train": asdict(cfg), "flow": asdict(flow)},
+            [
+                *model.state_dict().values(),
+                *(t for t in vars(train_data).values() if t is not None),
+            ],
+        )
+        restored = restore_state(resume_dir, key, model, ema, optimizer, generator)
+        if restored is not None:
+            start, history = restored
     model.train()
     model.grad_checkpointing = cfg.grad_checkpointing
     step_model = torch.compile(model) if cfg.compile else model
     device = next(model.parameters()).device.type
-    bar = tqdm(range(cfg.steps), desc="train", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        range(start, cfg.steps),
+        desc="train",
+        initial=start,
+        total=cfg.steps,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         idx = torch.randint(len(train_data), (cfg.batch_size,), generator=generator)
         batch = drop_conditions(subset(train_data, idx), flow, generator)
         t_v, t_a = sample_t(cfg.batch_size, flow, generator)
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss, parts = flow_loss(
-                step_model, batch, t_v, t_a, generator, flow.audio_weight, cfg.experts_only
-            )
+        noise = draw_noise(batch, generator)
+        # each micro-batch's loss is its share of the whole batch's (masked) mean
+        counts = ((t_v > 0).sum().float(), (t_a > 0).sum().float())
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        parts: dict[str, float] = {}
+        for micro in torch.arange(cfg.batch_size).chunk(cfg.grad_accum):
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss, micro_parts = flow_loss(
+                    step_model,
+                    subset(batch, micro),
+                    t_v[micro],
+                    t_a[micro],
+                    generator,
+                    flow.audio_weight,
+                    cfg.experts_only,
+                    noise=(noise[0][micro], noise[1][micro]),
+                    counts=counts,
+                )
+            loss.backward()
+            for k, v in micro_parts.items():
+                parts[k] = parts.get(k, 0.0) + v
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
+        if ema:
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if n in ema:
+                        ema[n].lerp_(p, 1 - decay)
         record = {f"train_{k}": v for k, v in parts.items()}
         record.update(step=step + 1, lr=lr_at(step, cfg), grad_norm=float(grad_norm))
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             val = validation_loss(model, val_data, flow, cfg.experts_only)
             record.update({f"val_{k}": v for k, v in val.items()})
         history.append(record)
+        # saved before the log callback runs: a crash there loses no finished step
+        if resume_dir is not None and (step + 1) % cfg.checkpoint_every == 0:
+            save_state(
+                resume_dir,
+                step + 1,
+                key,
+                model,
+                ema,
+                optimizer,
+                generator,
+                history,
+                cfg.keep_checkpoints,
+            )
         log(step + 1, record)
         bar.set_postfix(loss=f"{parts['loss']:.4f}")
+    if ema:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in ema:
+                    p.copy_(ema[n])
     return history

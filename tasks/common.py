@@ -57,12 +57,49 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def resolve_tracking_uri(configured: str | None) -> str:
+    """The MLflow tracking URI: $MLFLOW_TRACKING_URI wins over the configured one, so the same
+    params.yaml and image log to SQLite on a laptop and to the team server in a cluster job
+    (the GPU work pool sets the variable)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or configured or "sqlite:///mlflow.db"
+
+
+def check_tracking_server(uri: str, timeout_s: float = 3.0) -> None:
+    """Fail now, naming the URI, when an http(s) tracking server does not answer.
+
+    Without this a stage trains for an hour and dies at its first log call, or hangs in
+    MLflow's own retries (minutes). Any HTTP answer counts as reachable (an auth error or a
+    404 is the server's to report); only no answer at all (refused, DNS, timeout) fails.
+    Local stores (sqlite, file paths) need no server.
+    """
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    if urlsplit(uri).scheme not in ("http", "https"):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConnectionError(
+            f"MLflow tracking server {uri} is unreachable ({reason}); start it, or point "
+            "mlflow.tracking_uri (params.yaml) / $MLFLOW_TRACKING_URI at a reachable one"
+        ) from exc
+
+
 @contextlib.contextmanager
 def mlflow_run(params: dict[str, Any], stage: str, logged: dict[str, Any]) -> Iterator[Any]:
     """An MLflow run named after the stage, with that stage's params logged."""
     import mlflow
 
-    mlflow.set_tracking_uri(params["mlflow"]["tracking_uri"])
+    uri = resolve_tracking_uri(params["mlflow"]["tracking_uri"])
+    check_tracking_server(uri)
+    mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(params["mlflow"]["experiment"])
     with mlflow.start_run(run_name=stage, tags={"stage": stage}) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in flatten(logged).items()})

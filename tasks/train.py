@@ -8,6 +8,7 @@ stage_b: starts from Stage A; the joint layers plus the configured I/O and exper
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,9 @@ from tasks.common import (
 )
 
 STARTS_FROM = {"experts": None, "stage_a": "experts", "stage_b": "stage_a"}
+# Resume checkpoints live outside the DVC outputs: DVC deletes models/<stage> before a run,
+# which would take a killed run's checkpoints with it, and the output holds the final model only.
+RESUME = MODELS / ".resume"
 
 
 def initial_model(params: dict[str, Any], stage: str) -> JointDiT:
@@ -88,9 +92,12 @@ def train_stage(params: dict[str, Any], stage: str) -> dict[str, Any]:
                     record["val_loss"],
                 )
 
-        history = train(model, train_set.batch, val_set.batch, cfg, flow, log=on_step)
+        history = train(
+            model, train_set.batch, val_set.batch, cfg, flow, log=on_step, resume_dir=RESUME / stage
+        )
         after = validation_loss(model, val_set.batch, flow, cfg.experts_only)
         save_checkpoint(MODELS / stage, model, {"stage": stage, "val_loss": after["loss"]})
+        shutil.rmtree(RESUME / stage, ignore_errors=True)
         report = {
             "val_loss_before": before["loss"],
             "val_loss": after["loss"],
