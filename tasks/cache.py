@@ -18,8 +18,14 @@ import torch
 from tqdm.auto import tqdm
 
 from jointdit.codecs import Codec
-from jointdit.data.manifest import ValidatedManifest, WindowManifest, read_manifest, write_manifest
-from jointdit.data.media import atomic_path
+from jointdit.data.manifest import (
+    RejectedManifest,
+    ValidatedManifest,
+    WindowManifest,
+    read_manifest,
+    rejected_frame,
+    write_manifest,
+)
 from jointdit.data.shards import build_shards, write_index
 from jointdit.data.windows import plan_windows
 from jointdit.text import tokenize
@@ -85,8 +91,7 @@ def cache(params: dict[str, Any]) -> dict[str, Any]:
         )
     CACHE.mkdir(parents=True, exist_ok=True)
     write_manifest(pd.DataFrame(windows), CACHE / "windows.csv", WindowManifest)
-    with atomic_path(CACHE / "rejected.csv") as tmp:
-        pd.DataFrame(rejected, columns=["path", "code", "reason"]).to_csv(tmp, index=False)
+    write_manifest(rejected_frame(rejected), CACHE / "rejected.csv", RejectedManifest)
 
     codec = codec_from(params)
     entries = []

@@ -29,8 +29,8 @@ from urllib.parse import unquote, urlsplit
 import pandas as pd
 from tqdm.auto import tqdm
 
-from jointdit.data.manifest import RejectedManifest, resolve_inside, sha256_file
-from jointdit.data.sources import CLIPS_DIR, _rows
+from jointdit.data.manifest import rejected_frame, resolve_inside, sha256_file
+from jointdit.data.sources import CLIPS_DIR, manifest_frame
 
 SCHEMES = ("http", "https")
 CSV_COLUMNS = ("url", "sha256", "caption")
@@ -267,4 +267,4 @@ def fetch_urls(
                 "source": "urls",
             }
         )
-    return _rows(kept), pd.DataFrame(rejected, columns=list(RejectedManifest.to_schema().columns))
+    return manifest_frame(kept), rejected_frame(rejected)

@@ -199,6 +199,11 @@ class RejectedManifest(pa.DataFrameModel):
         coerce = True
 
 
+def rejected_frame(rows: list[dict[str, str]]) -> pd.DataFrame:
+    """Rejected inputs (path, code, reason) as a RejectedManifest table, empty or not."""
+    return pd.DataFrame(rows, columns=list(RejectedManifest.to_schema().columns))
+
+
 def validated_schema(cfg: ValidationConfig) -> pa.DataFrameSchema:
     """ValidatedManifest tightened with the thresholds from params."""
     base = ValidatedManifest.to_schema()

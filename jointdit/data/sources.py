@@ -22,6 +22,7 @@ import pandas as pd
 from jointdit.data.manifest import (
     RawManifest,
     RejectedManifest,
+    rejected_frame,
     resolve_inside,
     sha256_file,
     write_manifest,
@@ -38,7 +39,8 @@ CAPTIONS_CSV = "captions.csv"
 _CHUNK = 1 << 20
 
 
-def _rows(rows: list[dict]) -> pd.DataFrame:
+def manifest_frame(rows: list[dict]) -> pd.DataFrame:
+    """Raw-manifest rows as a table, for every source."""
     # An explicit column list keeps the schema's columns even when no file was found; most
     # sources know no class, so the label defaults to empty.
     return pd.DataFrame(
@@ -46,16 +48,12 @@ def _rows(rows: list[dict]) -> pd.DataFrame:
     )
 
 
-def _rejected(rows: list[dict[str, str]]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=list(RejectedManifest.to_schema().columns))
-
-
 @dataclass(frozen=True)
 class Fetched:
     """What a fetch produced: the raw manifest and the inputs it refused without reading."""
 
     manifest: pd.DataFrame  # RawManifest rows
-    rejected: pd.DataFrame = field(default_factory=lambda: _rejected([]))  # RejectedManifest
+    rejected: pd.DataFrame = field(default_factory=lambda: rejected_frame([]))  # RejectedManifest
 
 
 def fetch_synthetic(cfg: SyntheticConfig, raw_dir: Path) -> pd.DataFrame:
@@ -80,7 +78,7 @@ def fetch_synthetic(cfg: SyntheticConfig, raw_dir: Path) -> pd.DataFrame:
                 "source": "synthetic",
             }
         )
-    return _rows(rows)
+    return manifest_frame(rows)
 
 
 def _copy_hashed(src: Path, dst: Path) -> str:
@@ -202,7 +200,7 @@ def fetch_folder(
     for relative, _ in listed.values():
         reason = f"{CAPTIONS_CSV} names {relative!r}, which is not a video file in {src_dir}"
         refused.append({"path": relative, "code": "missing_file", "reason": reason})
-    return Fetched(manifest=_rows(rows), rejected=_rejected(refused))
+    return Fetched(manifest=manifest_frame(rows), rejected=rejected_frame(refused))
 
 
 def write_raw(df: pd.DataFrame, raw_dir: Path, rejected: pd.DataFrame | None = None) -> Path:
@@ -213,7 +211,7 @@ def write_raw(df: pd.DataFrame, raw_dir: Path, rejected: pd.DataFrame | None = N
     """
     raw_dir = Path(raw_dir)
     write_manifest(
-        _rejected([]) if rejected is None else rejected,
+        rejected_frame([]) if rejected is None else rejected,
         raw_dir / FETCH_REJECTED_NAME,
         RejectedManifest,
     )

@@ -28,13 +28,13 @@ from jointdit.data.manifest import (
     RejectedManifest,
     ValidatedManifest,
     ValidationConfig,
+    rejected_frame,
     resolve_inside,
     sha256_file,
     validated_schema,
 )
 from jointdit.data.media import MediaError, probe
 
-REJECTED_COLUMNS = list(RejectedManifest.to_schema().columns)
 PROBED_COLUMNS = [c for c in ValidatedManifest.to_schema().columns if c != "split"]
 # Measured for the report and the silence check, not part of the validated contract.
 MEASURED_COLUMNS = ["loudness_dbfs", "loudness_s"]
@@ -274,7 +274,7 @@ def validate(
     if "label" not in raw:
         raw = raw.assign(label="")
     refused = RejectedManifest.validate(
-        pd.DataFrame(columns=REJECTED_COLUMNS) if fetch_rejected is None else fetch_rejected
+        rejected_frame([]) if fetch_rejected is None else fetch_rejected
     )
     table, rejected = _check_rows(raw, Path(raw_dir), cfg)
     candidates = table.drop(index=list(rejected), columns=MEASURED_COLUMNS, errors="ignore")
@@ -292,7 +292,7 @@ def validate(
     rejected_df = pd.concat(
         [
             refused,
-            pd.DataFrame([rejected[pos] for pos in sorted(rejected)], columns=REJECTED_COLUMNS),
+            rejected_frame([rejected[pos] for pos in sorted(rejected)]),
         ],
         ignore_index=True,
     )
