@@ -30,7 +30,7 @@ class Batch:
     video: Tensor  # (B, T, Cv, H, W) clean latents
     audio: Tensor  # (B, Ca, F, L)
     image: Tensor  # (B, Cv, H, W) first-frame latent
-    text: Tensor  # (B, Lt) token ids
+    text: Tensor  # (B, Lt) token ids, or (B, Lt, D) text features (CLIP)
     image_embedding: Tensor | None = None  # (B, D), e.g. CLIP of the first frame
 
     def __len__(self) -> int:
@@ -52,16 +52,16 @@ def sample_t(n: int, cfg: FlowConfig, generator: torch.Generator) -> tuple[Tenso
 
 
 def drop_conditions(batch: Batch, cfg: FlowConfig, generator: torch.Generator) -> Batch:
-    """Zero the image latent / text ids of random samples (the null condition is all zeros)."""
+    """Zero the image latent / text of random samples (the null condition is all zeros)."""
     n = len(batch)
     keep_image = (torch.rand(n, generator=generator) >= cfg.p_drop_image).float()
-    keep_text = (torch.rand(n, generator=generator) >= cfg.p_drop_text).long()
+    keep_text = (torch.rand(n, generator=generator) >= cfg.p_drop_text).to(batch.text.dtype)
     emb = batch.image_embedding
     return Batch(
         batch.video,
         batch.audio,
         batch.image * keep_image.view(-1, 1, 1, 1),
-        batch.text * keep_text.view(-1, 1),
+        batch.text * keep_text.view(-1, *(1,) * (batch.text.dim() - 1)),
         None if emb is None else emb * keep_image.view(-1, 1),
     )
 

@@ -57,8 +57,8 @@ class _Pass(NamedTuple):
 @dataclass
 class Condition:
     image: Tensor  # (B, Cv, H, W)
-    text: Tensor | None = None  # (B, Lt) ids
-    negative_text: Tensor | None = None  # (B, Lt) ids
+    text: Tensor | None = None  # (B, Lt) ids or (B, Lt, D) features
+    negative_text: Tensor | None = None  # as text
     image_embedding: Tensor | None = None  # (B, D), e.g. CLIP; dropped with the image
 
 

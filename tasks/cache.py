@@ -8,6 +8,7 @@ window table the shards hold (`WindowManifest`), checked before any shard is wri
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from jointdit.codecs import Codec
+from jointdit.conditioning import Conditioner
 from jointdit.data.manifest import (
     RejectedManifest,
     ValidatedManifest,
@@ -28,8 +30,16 @@ from jointdit.data.manifest import (
 )
 from jointdit.data.shards import build_shards, write_index
 from jointdit.data.windows import plan_windows
-from jointdit.text import tokenize
-from tasks.common import CACHE, RAW, VALIDATED, cli, codec_from, get_logger, read_normalised
+from tasks.common import (
+    CACHE,
+    RAW,
+    VALIDATED,
+    cli,
+    codec_from,
+    conditioning_from,
+    get_logger,
+    read_normalised,
+)
 
 
 def plan(clips: list[dict], clip: dict[str, Any]) -> tuple[list[dict], list[dict]]:
@@ -59,24 +69,38 @@ def plan(clips: list[dict], clip: dict[str, Any]) -> tuple[list[dict], list[dict
 
 
 def encode_windows(
-    rows: list[dict], params: dict[str, Any], codec: Codec
+    rows: list[dict], params: dict[str, Any], codec: Codec, conditioner: Conditioner
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Each window's latents: video, first-frame image condition, audio and caption tokens.
+    """Each window's latents: video, first-frame image condition, audio, and the caption's
+    text (and, with CLIP, the first frame's image embedding).
 
     Consecutive windows of one file are decoded in one pass over it.
     """
-    model = params["model"]
     for path, group in itertools.groupby(rows, key=lambda r: r["path"]):
         group = list(group)
         clips = read_normalised(RAW / path, params, [r["start_s"] for r in group])
-        for row, media in zip(group, clips, strict=True):
+        context = conditioner.encode(
+            [r["caption"] for r in group], [media.frames[0] for media in clips]
+        )
+        for k, media in enumerate(clips):
             video = codec.encode_video(media.frames)
             yield {
                 "video": video,
                 "image": video[0],
                 "audio": codec.encode_audio(media.audio),
-                "text": tokenize([row["caption"]], model["text_vocab"], model["text_len"])[0],
+                **{name: value[k] for name, value in context.items()},
             }
+
+
+def encoding_key(params: dict[str, Any]) -> str:
+    """A fingerprint of every setting that shapes a window's tensors (see build_shards)."""
+    spec = {
+        "clip": params["clip"],
+        "codec": {k: v for k, v in params["codec"].items() if k != "shard_size"},
+        "conditioning": params.get("conditioning"),
+        "text": [params["model"]["text_vocab"], params["model"]["text_len"]],
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def cache(params: dict[str, Any]) -> dict[str, Any]:
@@ -94,6 +118,9 @@ def cache(params: dict[str, Any]) -> dict[str, Any]:
     write_manifest(rejected_frame(rejected), CACHE / "rejected.csv", RejectedManifest)
 
     codec = codec_from(params)
+    model = params["model"]
+    conditioner = Conditioner(conditioning_from(params), model["text_len"], model["text_vocab"])
+    encoding = encoding_key(params)
     entries = []
     with tqdm(total=len(windows), desc="cache", dynamic_ncols=True) as bar:
         for split in ("train", "val"):
@@ -101,12 +128,15 @@ def cache(params: dict[str, Any]) -> dict[str, Any]:
                 CACHE,
                 split,
                 [w for w in windows if w["split"] == split],
-                lambda rows: encode_windows(rows, params, codec),
+                lambda rows: encode_windows(rows, params, codec, conditioner),
                 params["codec"]["shard_size"],
                 on_clip=lambda: bar.update(1),
+                encoding=encoding,
             )
     index = {
         "codec": params["codec"]["name"],
+        "conditioning": conditioner.cfg.encoder,
+        "encoding": encoding,
         "clip": params["clip"],
         "clips": len(manifest) - len(rejected),
         "windows": len(windows),

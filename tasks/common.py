@@ -15,6 +15,7 @@ import yaml
 
 from jointdit.codecs import Codec, build_codec
 from jointdit.codecs.patch import PatchCodecConfig
+from jointdit.conditioning import ConditioningConfig, conditioning_dims
 from jointdit.config import from_dict
 from jointdit.data.media import Clip, read_windows
 from jointdit.model.jointdit import JointDiTConfig
@@ -116,9 +117,17 @@ def codec_from(params: dict[str, Any]) -> Codec:
     return build_codec(c["name"], patch)
 
 
+def conditioning_from(params: dict[str, Any]) -> ConditioningConfig:
+    # a params file from before the section gets what it got then: hashed word ids
+    return from_dict(ConditioningConfig, params.get("conditioning"), "conditioning")
+
+
 def model_config(params: dict[str, Any], codec: Codec) -> JointDiTConfig:
-    """params.model plus the sizes that follow from the codec and the clip."""
+    """params.model plus the sizes that follow from the codec, the clip and the conditioning."""
+    text_dim, image_dim = conditioning_dims(conditioning_from(params))
     derived = {
+        "text_embed_dim": text_dim,
+        "image_embed_dim": image_dim,
         "video_channels": codec.video_channels,
         "audio_channels": codec.audio_channels,
         "audio_bins": codec.audio_bins,

@@ -162,6 +162,7 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
     val = load_split(CACHE, "val")
     n = min(ev["num_samples"], len(val.clips))
     image, text = val.batch.image[:n], val.batch.text[:n]
+    embedding = None if val.batch.image_embedding is None else val.batch.image_embedding[:n]
     frames, audio_frames = val.batch.video.shape[1], val.batch.audio.shape[-1]
 
     with timer("val_loss"):
@@ -210,7 +211,16 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
     for name, model, guidance, experts_only in runs:
         with timer("generate"):
             cfg = dataclasses.replace(sample_cfg, guidance=guidance)
-            latents = generate(model, image, text, frames, audio_frames, cfg, experts_only)
+            latents = generate(
+                model,
+                image,
+                text,
+                frames,
+                audio_frames,
+                cfg,
+                experts_only,
+                image_embedding=embedding,
+            )
         with timer("decode"):
             media[name] = decode(codec, *latents)
         log.info("evaluate: sampled %s (%d clips)", name, n)

@@ -18,10 +18,10 @@ import pandas as pd
 from jointdit.checkpoint import load_checkpoint
 from jointdit.codecs import build_codec
 from jointdit.codecs.patch import PatchCodecConfig
+from jointdit.conditioning import Conditioner, ConditioningConfig
 from jointdit.config import from_dict
 from jointdit.data.images import load_image
 from jointdit.generate import SampleConfig, generate
-from jointdit.text import tokenize
 
 
 class JointDiTPyfunc(mlflow.pyfunc.PythonModel):
@@ -31,10 +31,16 @@ class JointDiTPyfunc(mlflow.pyfunc.PythonModel):
         self.clip = serving["clip"]
         self.codec = build_codec(serving["codec"], from_dict(PatchCodecConfig, serving["patch"]))
         self.sample = from_dict(SampleConfig, serving["sample"])
+        conditioning = from_dict(ConditioningConfig, serving.get("conditioning"), "conditioning")
+        if conditioning.encoder == "clip":  # the registered copy, not the training machine's path
+            conditioning = dataclasses.replace(
+                conditioning, clip_pretrained=context.artifacts["clip"]
+            )
+        cfg = self.model.cfg
+        self.conditioner = Conditioner(conditioning, cfg.text_len, cfg.text_vocab)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> list:
         out = []
-        cfg = self.model.cfg
         frames = round(self.clip["duration_s"] * self.clip["fps"])
         audio_frames = round(self.clip["duration_s"] * self.codec.audio_frame_rate)
         for row in model_input.to_dict("records"):
@@ -46,9 +52,17 @@ class JointDiTPyfunc(mlflow.pyfunc.PythonModel):
             sample = dataclasses.replace(self.sample, **overrides)
             pixels = load_image(Path(row["image"]), self.clip["width"], self.clip["height"])
             image = self.codec.encode_video(pixels[None])
-            prompt = row.get("prompt") or ""
-            text = tokenize([prompt], cfg.text_vocab, cfg.text_len) if cfg.text_vocab else None
-            video, audio = generate(self.model, image, text, frames, audio_frames, sample)
+            context = self.conditioner.encode([row.get("prompt") or ""], [pixels])
+            text = context["text"] if self.model.text is not None else None
+            video, audio = generate(
+                self.model,
+                image,
+                text,
+                frames,
+                audio_frames,
+                sample,
+                image_embedding=context.get("image_embedding"),
+            )
             out.append(
                 {
                     "frames": self.codec.decode_video(video[0]),

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from jointdit.config import from_dict
-from tasks.common import MODELS, REPORTS, cli, get_logger, mlflow_run, write_json
+from tasks.common import (
+    MODELS,
+    REPORTS,
+    cli,
+    conditioning_from,
+    get_logger,
+    mlflow_run,
+    write_json,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,7 +117,12 @@ def register(params: dict[str, Any]) -> dict[str, Any]:
         "codec": params["codec"]["name"],
         "patch": {**params["codec"]["patch"], "sample_rate": params["clip"]["sample_rate"]},
         "sample": params["sample"],
+        "conditioning": params.get("conditioning") or {},
     }
+    artifacts = {"checkpoint": str(MODELS / "stage_b")}
+    conditioning = conditioning_from(params)
+    if conditioning.encoder == "clip":  # the served model carries its CLIP weights
+        artifacts["clip"] = conditioning.clip_pretrained
     with (
         mlflow_run(params, "register", {"register": cfg}) as run,
         tempfile.TemporaryDirectory() as tmp,
@@ -120,7 +133,7 @@ def register(params: dict[str, Any]) -> dict[str, Any]:
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(ROOT / "tasks" / "pyfunc_model.py"),
-            artifacts={"checkpoint": str(MODELS / "stage_b"), "serving": str(serving_path)},
+            artifacts={**artifacts, "serving": str(serving_path)},
             code_paths=[str(ROOT / "jointdit")],
             pip_requirements=pip_requirements(),
             registered_model_name=name,

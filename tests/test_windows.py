@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
+from jointdit.conditioning import Conditioner, ConditioningConfig
 from jointdit.data.manifest import (
     ManifestError,
     ValidatedManifest,
@@ -398,6 +399,7 @@ def test_cache_resumes_with_windows(tmp_path, monkeypatch):
     windows, _ = cache_task.plan(make_raw(tmp_path, [4.0, 4.0]), params["clip"])
     assert len(windows) == 6  # 3 per clip; shards of 4 split clip 1's windows
     codec = codec_from(params)
+    conditioner = Conditioner(ConditioningConfig(), 4, 50)
     out = tmp_path / "cache"
     encoded: list[tuple[str, int]] = []
 
@@ -405,7 +407,7 @@ def test_cache_resumes_with_windows(tmp_path, monkeypatch):
         if fail_after is not None and len(encoded) >= fail_after:
             raise KeyboardInterrupt  # killed
         encoded.extend((r["path"], r["window"]) for r in rows)
-        yield from cache_task.encode_windows(rows, params, codec)
+        yield from cache_task.encode_windows(rows, params, codec, conditioner)
 
     with pytest.raises(KeyboardInterrupt):
         build_shards(out, "train", windows, lambda rows: encode(rows, fail_after=4), 4)

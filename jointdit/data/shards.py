@@ -33,8 +33,8 @@ class LatentSet:
     clips: list[dict]
 
 
-def shard_clips(path: Path) -> list[dict] | None:
-    """The clip list a complete shard holds; None when it is missing, truncated or corrupt.
+def shard_metadata(path: Path) -> dict[str, str] | None:
+    """A complete shard's metadata; None when it is missing, truncated or corrupt.
 
     Reads the safetensors header only: 8 bytes of header length, a JSON header whose tensor
     offsets say how long the file must be.
@@ -48,16 +48,27 @@ def shard_clips(path: Path) -> list[dict] | None:
         )
         if path.stat().st_size != 8 + n + end:
             return None
-        return json.loads(header["__metadata__"]["clips"])
+        return dict(header["__metadata__"])
     except (OSError, KeyError, ValueError, TypeError):
         return None
 
 
-def write_shard(path: Path, tensors: dict[str, Tensor], clips: list[dict]) -> None:
+def shard_clips(path: Path) -> list[dict] | None:
+    """The clip list a complete shard holds; None when it is missing, truncated or corrupt."""
+    meta = shard_metadata(path)
+    try:
+        return None if meta is None else json.loads(meta["clips"])
+    except (KeyError, ValueError):
+        return None
+
+
+def write_shard(
+    path: Path, tensors: dict[str, Tensor], clips: list[dict], encoding: str = ""
+) -> None:
     """Atomically, synced before the rename: a crash leaves the old file or none, and no temp."""
     with atomic_path(path) as tmp:
         tensors = {k: v.contiguous() for k, v in tensors.items()}
-        save_file(tensors, str(tmp), {"clips": json.dumps(clips)})
+        save_file(tensors, str(tmp), {"clips": json.dumps(clips), "encoding": encoding})
 
 
 def write_index(out_dir: Path, index: dict) -> None:
@@ -81,24 +92,29 @@ def build_shards(
     encode: Callable[[list[dict]], Iterable[dict[str, Tensor]]],
     shard_size: int,
     on_clip: Callable[[], None] = lambda: None,
+    encoding: str = "",
 ) -> list[dict]:
     """Encode rows into `{split}-NNNN.safetensors` shards; reuse shards that already match.
 
     Returns the index entries of the shards. `encode(rows)` yields each row's tensors in order:
     it gets a shard's rows at once so that it can decode the windows of one file in one pass.
+    A shard is reused only when it holds the same rows encoded the same way (`encoding`, a
+    fingerprint of the codec and conditioning settings): the cache directory outlives a
+    change of codec, and rows alone cannot tell its shards are stale.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = []
     for k in range(0, len(clips), shard_size):
         rows = [dict(r) for r in clips[k : k + shard_size]]
         path = out_dir / f"{split}-{k // shard_size:04d}.safetensors"
-        if shard_clips(path) != rows:
+        meta = shard_metadata(path)
+        if meta is None or meta.get("encoding", "") != encoding or shard_clips(path) != rows:
             items = []
             for _, item in zip(rows, encode(rows), strict=True):
                 items.append(item)
                 on_clip()
             stacked = {key: torch.stack([it[key] for it in items]) for key in items[0]}
-            write_shard(path, stacked, rows)
+            write_shard(path, stacked, rows, encoding)
         else:
             for _ in rows:
                 on_clip()

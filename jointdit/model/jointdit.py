@@ -39,6 +39,7 @@ class JointDiTConfig:
     ff_mult: int = 2
     text_vocab: int = 1024  # 0: no text context
     text_len: int = 12
+    text_embed_dim: int = 0  # > 0: text arrives as (B, text_len, D) features (e.g. CLIP's)
     image_embed_dim: int = 0  # > 0: a (B, D) image embedding (e.g. CLIP) becomes a context token
     video_fps: float = 8.0  # video latent frames per second
     audio_frame_rate: float = 64.0  # audio latent frames per second
@@ -94,6 +95,18 @@ class TextEmbedder(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         return self.tokens(ids) + self.position[: ids.shape[1]]
+
+
+class TextProjection(nn.Module):
+    """Context tokens from per-token text features (B, L, D), e.g. CLIP's text tower."""
+
+    def __init__(self, in_dim: int, length: int, dim: int):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, dim)
+        self.position = nn.Parameter(torch.randn(length, dim) * 0.02)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.proj(features) + self.position[: features.shape[1]]
 
 
 class VideoInput(nn.Module):
@@ -369,7 +382,11 @@ class JointDiT(nn.Module):
         self.audio_input = AudioInput(cfg)
         self.video_time = TimestepEmbedder(cfg.dim)
         self.audio_time = TimestepEmbedder(cfg.dim)
-        self.text = TextEmbedder(cfg.text_vocab, cfg.text_len, cfg.dim) if cfg.text_vocab else None
+        self.text: nn.Module | None = None
+        if cfg.text_embed_dim:
+            self.text = TextProjection(cfg.text_embed_dim, cfg.text_len, cfg.dim)
+        elif cfg.text_vocab:
+            self.text = TextEmbedder(cfg.text_vocab, cfg.text_len, cfg.dim)
         self.image_embed = nn.Linear(cfg.image_embed_dim, cfg.dim) if cfg.image_embed_dim else None
         self.blocks = nn.ModuleList(JointBlock(cfg) for _ in range(cfg.depth))
         p = cfg.video_patch
