@@ -1,9 +1,11 @@
-"""`jointdit` command line: run the sample or pipeline flow."""
+"""`jointdit` command line: run the sample or pipeline flow, or the pipeline under a profile."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,9 +24,23 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("pipeline", help="run the DVC stages as a Prefect flow")
     p.add_argument("--stage", action="append", dest="stages", help="only these (repeatable)")
     p.add_argument("--force", action="store_true", help="rerun even if up to date")
+    r = sub.add_parser("profile", help="the pipeline under profiles/NAME.yaml (a DVC experiment)")
+    r.add_argument("name", help="e.g. gpu")
+    r.add_argument("--run", action="store_true", help="run it (default: print the command)")
     args = parser.parse_args(argv)
 
-    if args.command == "sample":
+    if args.command == "profile":
+        from tasks.common import load_params
+        from tasks.profiles import load_profile, overlay, set_params_args
+
+        profile = load_profile(args.name)
+        overlay(load_params(), profile)  # a key params.yaml lacks fails here, before DVC runs
+        cmd = [sys.executable, "-m", "dvc", "exp", "run", "--name", args.name]
+        cmd += set_params_args(profile)
+        print(" ".join(cmd[1:]))
+        if args.run:
+            sys.exit(subprocess.run(cmd).returncode)
+    elif args.command == "sample":
         from flows.sample import sample
 
         paths = sample(
