@@ -106,8 +106,7 @@ def register(params: dict[str, Any]) -> dict[str, Any]:
     rule.check(candidate)  # before anything is registered
     serving = {
         "clip": params["clip"],
-        "codec": params["codec"]["name"],
-        "patch": {**params["codec"]["patch"], "sample_rate": params["clip"]["sample_rate"]},
+        "codec": params["codec"],  # built by the same builder as in training
         "sample": params["sample"],
     }
     with (
