@@ -410,6 +410,12 @@ def test_a_wrong_vocoder_is_refused(snapshots, tmp_path):
     (root / "vocoder" / "config.json").write_text(json.dumps({"architectures": ["UNetModel"]}))
     with pytest.raises(ValueError, match="describes a UNetModel, not the SpeechT5HifiGan"):
         AudioLDM2AudioCodec(AudioLDM2CodecConfig(path=str(root)), SR)
+    (root / "vocoder" / "config.json").unlink()  # a vocoder/ folder half copied
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{root}/vocoder has no config.json")):
+        AudioLDM2AudioCodec(AudioLDM2CodecConfig(path=str(root)), SR)
+    # vocoder: false never looks at it
+    codec = AudioLDM2AudioCodec(AudioLDM2CodecConfig(path=str(root), vocoder=False), SR)
+    assert codec.audio_decoder == "griffin-lim"
 
 
 def test_a_bad_dtype_is_named(snapshots):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -101,28 +102,23 @@ class AudioLDM2AudioCodec:
         self.filterbank = mel_filterbank()
         self.vocoder = self._load_vocoder(directory) if cfg.vocoder else None
         self.audio_decoder = "hifigan" if self.vocoder is not None else "griffin-lim"
-        if self.vocoder is None:
-            self.inverse_mel = torchaudio.transforms.InverseMelScale(
-                n_stft=N_FFT // 2 + 1,
-                n_mels=N_MELS,
-                sample_rate=SAMPLE_RATE,
-                f_min=F_MIN,
-                f_max=F_MAX,
-                norm="slaney",
-                mel_scale="slaney",
-            )
-            self.griffin_lim = torchaudio.transforms.GriffinLim(
-                n_fft=N_FFT,
-                win_length=WIN,
-                hop_length=HOP,
-                power=1.0,
-                n_iter=cfg.griffin_lim_iters,
-            )
+        self.inverse_mel = torchaudio.transforms.InverseMelScale(
+            n_stft=N_FFT // 2 + 1,
+            n_mels=N_MELS,
+            sample_rate=SAMPLE_RATE,
+            f_min=F_MIN,
+            f_max=F_MAX,
+            norm="slaney",
+            mel_scale="slaney",
+        )
+        self.griffin_lim = torchaudio.transforms.GriffinLim(
+            n_fft=N_FFT, win_length=WIN, hop_length=HOP, power=1.0, n_iter=cfg.griffin_lim_iters
+        )
 
-    def _load_vocoder(self, vae_dir):
+    def _load_vocoder(self, vae_dir: Path) -> torch.nn.Module | None:
         """The snapshot's vocoder/ next to its vae/; None for a bare VAE directory."""
         directory = vae_dir.parent / "vocoder"
-        if vae_dir.name != "vae" or not (directory / "config.json").is_file():
+        if vae_dir.name != "vae" or not directory.is_dir():
             return None
         from transformers import SpeechT5HifiGan
 

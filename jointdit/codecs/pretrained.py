@@ -33,6 +33,8 @@ def config_class(config: Path) -> str:
 
 def check_class(directory: Path, expected: str) -> Path:
     config = directory / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{directory} has no config.json; expected a saved {expected}")
     found = config_class(config)
     if found != expected:
         raise ValueError(

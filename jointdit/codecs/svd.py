@@ -22,7 +22,9 @@ from jointdit.codecs.pretrained import model_dir, torch_dtype
 @dataclass(frozen=True)
 class SVDCodecConfig:
     path: str = ""  # an SVD pipeline snapshot (with vae/) or its vae/ directory
-    dtype: str = "float32"  # float32 | float16 | bfloat16: the weights' dtype
+    # float32 | float16 | bfloat16, the weights' dtype, encoder included (SVD's pipeline upcasts
+    # an fp16 VAE to float32 to encode its image; bfloat16 has the range without that)
+    dtype: str = "float32"
     device: str = "cpu"
     encode_chunk: int = 8  # frames per encoder call (frames encode independently: exact)
     decode_chunk: int = 8  # frames per temporal-decoder call (its num_frames)
