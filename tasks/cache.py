@@ -134,7 +134,7 @@ def cache(params: dict[str, Any]) -> dict[str, Any]:
                 encoding=encoding,
             )
     index = {
-        "codec": params["codec"]["name"],
+        "codec": codec.name,
         "conditioning": conditioner.cfg.encoder,
         "encoding": encoding,
         "clip": params["clip"],

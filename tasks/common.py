@@ -13,8 +13,7 @@ from typing import Any
 
 import yaml
 
-from jointdit.codecs import Codec, build_codec
-from jointdit.codecs.patch import PatchCodecConfig
+from jointdit.codecs import Codec, CodecConfig, build_codec
 from jointdit.conditioning import ConditioningConfig, conditioning_dims
 from jointdit.config import from_dict
 from jointdit.data.media import Clip, read_windows
@@ -107,14 +106,20 @@ def mlflow_run(params: dict[str, Any], stage: str, logged: dict[str, Any]) -> It
         yield run
 
 
-def codec_from(params: dict[str, Any]) -> Codec:
+def codec_config(params: dict[str, Any]) -> CodecConfig:
     c = params["codec"]
-    patch = from_dict(
-        PatchCodecConfig,
-        {**c["patch"], "sample_rate": params["clip"]["sample_rate"]},
-        "codec.patch",
-    )
-    return build_codec(c["name"], patch)
+    if "name" in c:
+        raise ValueError(
+            "codec.name was replaced by codec.video and codec.audio (e.g. video: patch, "
+            "audio: patch); update params"
+        )
+    return from_dict(CodecConfig, c, "codec")
+
+
+def codec_from(params: dict[str, Any]) -> Codec:
+    """The codec pair of params.codec, for params.clip's sample rate (the served model builds
+    the same one from the same section: tasks/pyfunc_model.py)."""
+    return build_codec(codec_config(params), params["clip"]["sample_rate"])
 
 
 def conditioning_from(params: dict[str, Any]) -> ConditioningConfig:

@@ -2,7 +2,10 @@
 
 Input: a DataFrame with a column `image` (path to a still image) and optional columns
 `prompt`, `seed`, `steps`, `guidance`, `shift`, `sampler`. Output: one dict per row with
-`frames` (T, H, W, 3) uint8, `audio` (S,) float32, `fps` and `sample_rate`.
+`frames` (T, H, W, 3) uint8, `audio` (S,) float32, `fps`, `sample_rate` and `audio_decoder`
+(how the audio latents became a waveform: "hifigan" or "griffin-lim"). The codec is built from
+the training params' `codec` section; pretrained codec directories named there must exist on
+the serving machine at the same paths.
 """
 
 from __future__ import annotations
@@ -16,8 +19,7 @@ import mlflow
 import pandas as pd
 
 from jointdit.checkpoint import load_checkpoint
-from jointdit.codecs import build_codec
-from jointdit.codecs.patch import PatchCodecConfig
+from jointdit.codecs import CodecConfig, build_codec
 from jointdit.conditioning import Conditioner, ConditioningConfig
 from jointdit.config import from_dict
 from jointdit.data.images import load_image
@@ -29,7 +31,9 @@ class JointDiTPyfunc(mlflow.pyfunc.PythonModel):
         self.model, _ = load_checkpoint(Path(context.artifacts["checkpoint"]))
         serving = json.loads(Path(context.artifacts["serving"]).read_text())
         self.clip = serving["clip"]
-        self.codec = build_codec(serving["codec"], from_dict(PatchCodecConfig, serving["patch"]))
+        self.codec = build_codec(
+            from_dict(CodecConfig, serving["codec"], "codec"), self.clip["sample_rate"]
+        )
         self.sample = from_dict(SampleConfig, serving["sample"])
         conditioning = from_dict(ConditioningConfig, serving.get("conditioning"), "conditioning")
         if conditioning.encoder == "clip":  # the registered copy, not the training machine's path
@@ -69,6 +73,7 @@ class JointDiTPyfunc(mlflow.pyfunc.PythonModel):
                     "audio": self.codec.decode_audio(audio[0]),
                     "fps": float(self.clip["fps"]),
                     "sample_rate": int(self.clip["sample_rate"]),
+                    "audio_decoder": self.codec.audio_decoder,
                 }
             )
         return out

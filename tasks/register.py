@@ -96,7 +96,18 @@ def pip_requirements() -> list[str]:
     """The serving environment: pinned as installed here (no slow requirement inference)."""
     from importlib.metadata import version
 
-    names = ("torch", "torchaudio", "numpy", "pandas", "pillow", "safetensors", "mlflow")
+    names = (
+        "torch",
+        "torchaudio",
+        "numpy",
+        "pandas",
+        "pillow",
+        "safetensors",
+        "mlflow",
+        "diffusers",  # the svd / audioldm2 codecs
+        "transformers",  # the AudioLDM2 vocoder
+        "open-clip-torch",  # CLIP conditioning
+    )
     return [f"{n}=={version(n)}" for n in names]
 
 
@@ -114,8 +125,7 @@ def register(params: dict[str, Any]) -> dict[str, Any]:
     rule.check(candidate)  # before anything is registered
     serving = {
         "clip": params["clip"],
-        "codec": params["codec"]["name"],
-        "patch": {**params["codec"]["patch"], "sample_rate": params["clip"]["sample_rate"]},
+        "codec": params["codec"],  # built by the same builder as in training
         "sample": params["sample"],
         "conditioning": params.get("conditioning") or {},
     }

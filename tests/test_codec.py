@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from jointdit.codecs import build_codec
+from jointdit.codecs import CodecConfig, build_codec
 from jointdit.codecs.patch import PatchCodec, PatchCodecConfig
 
 CFG = PatchCodecConfig(griffin_lim_iters=16)
@@ -63,7 +63,22 @@ def test_audio_decode_keeps_timing_and_spectrum():
     assert torch.mean(torch.abs(relat - lat)).item() < 0.25
 
 
-def test_build_codec_rejects_unknown_names():
-    assert build_codec("patch", CFG).name == "patch"
-    with pytest.raises(ValueError, match="unknown codec"):
-        build_codec("svd-but-misspelt", CFG)
+def test_default_codec_is_the_patch_codec_for_both_modalities():
+    codec = build_codec(CodecConfig(patch=CFG), 16000)
+    assert codec.name == "patch" and codec.audio_decoder == "griffin-lim"
+    assert codec.video is codec.audio  # one PatchCodec serves both
+    frames = np.random.default_rng(0).integers(0, 256, (2, 16, 24, 3), dtype=np.uint8)
+    wave = _click(16000, 0.5, 1.0)
+    torch.testing.assert_close(codec.encode_video(frames), PatchCodec(CFG).encode_video(frames))
+    torch.testing.assert_close(codec.encode_audio(wave), PatchCodec(CFG).encode_audio(wave))
+
+
+def test_the_clip_sample_rate_reaches_the_patch_codec():
+    codec = build_codec(CodecConfig(patch=CFG), 8000)
+    assert codec.audio_frame_rate == 8000 / CFG.hop
+
+
+@pytest.mark.parametrize(("video", "audio"), [("svd-but-misspelt", "patch"), ("patch", "mp3")])
+def test_build_codec_rejects_unknown_names(video, audio):
+    with pytest.raises(ValueError, match=r"unknown (video|audio) codec"):
+        build_codec(CodecConfig(video=video, audio=audio), 16000)

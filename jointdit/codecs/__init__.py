@@ -1,20 +1,41 @@
-"""Codecs: media <-> latents. One interface; `patch` needs no weights (the default)."""
+"""Codecs: media <-> latents. A video codec and an audio codec, chosen separately in params
+(`codec.video`, `codec.audio`), behind one interface; `patch` needs no weights (the default).
+
+`build_codec` is the one builder: the cache, train and evaluate steps and the served model all
+call it with the same `codec` params, so serving decodes with exactly the codec training used.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 from torch import Tensor
 
+from jointdit.codecs.audioldm2 import AudioLDM2AudioCodec, AudioLDM2CodecConfig
 from jointdit.codecs.patch import PatchCodec, PatchCodecConfig
+from jointdit.codecs.svd import SVDCodecConfig, SVDVideoCodec
+
+VIDEO_CODECS = ("patch", "svd")
+AUDIO_CODECS = ("patch", "audioldm2")
 
 
-class Codec(Protocol):
+class VideoCodec(Protocol):
     name: str
 
     @property
     def video_channels(self) -> int: ...
+
+    def encode_video(self, frames: np.ndarray) -> Tensor: ...
+
+    def decode_video(self, latents: Tensor) -> np.ndarray: ...
+
+
+class AudioCodec(Protocol):
+    name: str
+    audio_decoder: str  # how latents become a waveform: "hifigan" | "griffin-lim"
 
     @property
     def audio_channels(self) -> int: ...
@@ -25,16 +46,73 @@ class Codec(Protocol):
     @property
     def audio_frame_rate(self) -> float: ...
 
-    def encode_video(self, frames: np.ndarray) -> Tensor: ...
-
-    def decode_video(self, latents: Tensor) -> np.ndarray: ...
-
     def encode_audio(self, wave: np.ndarray) -> Tensor: ...
 
     def decode_audio(self, latents: Tensor) -> np.ndarray: ...
 
 
-def build_codec(name: str, patch: PatchCodecConfig) -> Codec:
-    if name == "patch":
-        return PatchCodec(patch)
-    raise ValueError(f"unknown codec {name!r}; available: patch")
+class Codec(VideoCodec, AudioCodec, Protocol):
+    """encode_video: uint8 (T, H, W, 3) -> float32 (T, C, h, w); decode_video the inverse.
+    encode_audio: float (S,) -> float32 (Ca, F, L), L frames at `audio_frame_rate` Hz;
+    decode_audio the inverse, float32 (S,)."""
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    video: str = "patch"  # patch | svd
+    audio: str = "patch"  # patch | audioldm2
+    shard_size: int = 256  # windows per latent shard (the cache stage)
+    patch: PatchCodecConfig = field(default_factory=PatchCodecConfig)
+    svd: SVDCodecConfig = field(default_factory=SVDCodecConfig)
+    audioldm2: AudioLDM2CodecConfig = field(default_factory=AudioLDM2CodecConfig)
+
+
+class CodecPair:
+    """A video codec and an audio codec as one `Codec`."""
+
+    def __init__(self, video: VideoCodec, audio: AudioCodec):
+        self.video, self.audio = video, audio
+        self.name = video.name if video.name == audio.name else f"{video.name}+{audio.name}"
+        self.audio_decoder = audio.audio_decoder
+
+    @property
+    def video_channels(self) -> int:
+        return self.video.video_channels
+
+    @property
+    def audio_channels(self) -> int:
+        return self.audio.audio_channels
+
+    @property
+    def audio_bins(self) -> int:
+        return self.audio.audio_bins
+
+    @property
+    def audio_frame_rate(self) -> float:
+        return self.audio.audio_frame_rate
+
+    def encode_video(self, frames: np.ndarray) -> Tensor:
+        return self.video.encode_video(frames)
+
+    def decode_video(self, latents: Tensor) -> np.ndarray:
+        return self.video.decode_video(latents)
+
+    def encode_audio(self, wave: np.ndarray) -> Tensor:
+        return self.audio.encode_audio(wave)
+
+    def decode_audio(self, latents: Tensor) -> np.ndarray:
+        return self.audio.decode_audio(latents)
+
+
+def build_codec(cfg: CodecConfig, sample_rate: int) -> Codec:
+    """The codec pair `cfg` names, for clips at `sample_rate` Hz."""
+    if cfg.video not in VIDEO_CODECS:
+        raise ValueError(f"unknown video codec {cfg.video!r}; available: {', '.join(VIDEO_CODECS)}")
+    if cfg.audio not in AUDIO_CODECS:
+        raise ValueError(f"unknown audio codec {cfg.audio!r}; available: {', '.join(AUDIO_CODECS)}")
+    patch = None
+    if "patch" in (cfg.video, cfg.audio):  # one instance when it serves both
+        patch = PatchCodec(dataclasses.replace(cfg.patch, sample_rate=sample_rate))
+    video = SVDVideoCodec(cfg.svd) if cfg.video == "svd" else patch
+    audio = AudioLDM2AudioCodec(cfg.audioldm2, sample_rate) if cfg.audio == "audioldm2" else patch
+    return CodecPair(video, audio)

@@ -15,6 +15,16 @@ import torchaudio
 from torch import Tensor
 
 
+def to_unit(frames: np.ndarray) -> Tensor:
+    """uint8 pixels (..., 3) -> float32 in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).float() / 127.5 - 1.0
+
+
+def to_uint8(x: Tensor) -> np.ndarray:
+    """[-1, 1] -> uint8 pixels, clamped (a decoder may overshoot)."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+
+
 @dataclass(frozen=True)
 class PatchCodecConfig:
     video_factor: int = 4
@@ -31,6 +41,7 @@ class PatchCodecConfig:
 
 class PatchCodec:
     name = "patch"
+    audio_decoder = "griffin-lim"
 
     def __init__(self, cfg: PatchCodecConfig):
         self.cfg = cfg
@@ -76,7 +87,7 @@ class PatchCodec:
         t, h, w, _ = frames.shape
         if h % f or w % f:
             raise ValueError(f"frame size {h}x{w} is not divisible by video_factor {f}")
-        x = torch.from_numpy(np.ascontiguousarray(frames)).float() / 127.5 - 1.0
+        x = to_unit(frames)
         x = x.reshape(t, h // f, f, w // f, f, 3).permute(0, 5, 2, 4, 1, 3)
         return x.reshape(t, 3 * f * f, h // f, w // f)
 
@@ -86,7 +97,7 @@ class PatchCodec:
         t, _, h, w = latents.shape
         x = latents.float().reshape(t, 3, f, f, h, w).permute(0, 4, 2, 5, 3, 1)
         x = x.reshape(t, h * f, w * f, 3)
-        return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+        return to_uint8(x)
 
     def encode_audio(self, wave: np.ndarray) -> Tensor:
         """float32 (S,) -> (1, n_mels, S // hop); frame l is centred at l * hop / sample_rate."""
