@@ -228,8 +228,7 @@ def test_served_model_encodes_the_users_image_and_prompt_with_clip(tiny_clip, tm
     save_checkpoint(tmp_path / "ckpt", randomize(JointDiT(cfg)))
     serving = {
         "clip": params["clip"],
-        "codec": "patch",
-        "patch": {**params["codec"]["patch"], "sample_rate": params["clip"]["sample_rate"]},
+        "codec": params["codec"],
         "sample": params["sample"],
         "conditioning": {**dataclasses.asdict(_clip_cfg(root)), "clip_pretrained": "/moved"},
     }
