@@ -150,7 +150,9 @@ def mlflow_run(params: dict[str, Any], stage: str, logged: dict[str, Any]) -> It
     tags = {"stage": stage, **provenance_tags()}
     with mlflow.start_run(run_name=stage, tags=tags, log_system_metrics=bool(interval)) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in flatten(logged).items()})
-        mlflow.log_dict(logged, "config/params.yaml")
+        # through JSON: tuples become lists, anything else its str(), so safe_dump takes it
+        plain = json.loads(json.dumps(logged, default=str))
+        mlflow.log_text(yaml.safe_dump(plain, sort_keys=False), "config/params.yaml")
         yield run
 
 

@@ -127,6 +127,8 @@ def _train_stage(params: dict[str, Any], stage: str, place: Place) -> dict[str, 
     ):
         import mlflow
 
+        mlflow.set_tags({"world_size": place.world_size, "device": str(place.device)})
+
         def on_step(step: int, record: dict[str, float]) -> None:
             metrics.log(step, {k: v for k, v in record.items() if k != "step"})
             if "val_loss" in record:

@@ -10,19 +10,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from jointdit.distributed import process_group
 from jointdit.flow import FlowConfig
 from jointdit.model.jointdit import JointDiT
 from jointdit.training import TrainConfig, train
+from tasks.train import launch_command, train_stage
 from tests.conftest import TINY, randomize
+from tests.test_infra import restore_tracking_uri  # noqa: F401 (a fixture)
 from tests.test_training import _data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,6 +140,74 @@ def test_killed_two_process_run_resumes_to_the_unbroken_weights(two_processes, t
         b = load_file(str(tmp_path / "ga2" / f"weights-{rank}.safetensors"))
         assert _max_abs_diff(a, b) == 0.0
 
+
+def _tiny_stage_workspace(root: Path) -> dict:
+    """A workspace with a tiny latent cache, and params for a tiny `experts` stage in it."""
+    from jointdit.data.shards import write_index, write_shard
+    from tasks.common import codec_from
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["mlflow"] = {"tracking_uri": "sqlite:///mlflow.db", "experiment": "ddp"}
+    params["model"].update(dim=32, depth=1, heads=2, text_vocab=64, text_len=6)
+    params["experts"].update(steps=4, batch_size=4, warmup_steps=1, eval_every=2)
+    codec = codec_from(params)
+    g = torch.Generator().manual_seed(0)
+    entries = []
+    (root / "data/cache").mkdir(parents=True)
+    for split, n in (("train", 6), ("val", 2)):
+        video = torch.randn(n, 2, codec.video_channels, 4, 4, generator=g)
+        tensors = {
+            "video": video,
+            "audio": torch.randn(n, codec.audio_channels, codec.audio_bins, 8, generator=g),
+            "image": video[:, 0].clone(),
+            "text": torch.randint(1, 64, (n, 6), generator=g),
+        }
+        write_shard(root / "data/cache" / f"{split}-0000.safetensors", tensors, [{}] * n)
+        entries.append({"file": f"{split}-0000.safetensors", "split": split, "clips": n})
+    write_index(root / "data/cache", {"shards": entries})
+    return params
+
+
+def test_the_launch_command_reruns_the_stage_under_torchrun():
+    command = launch_command("stage_a", Path("/tmp/p.yaml"), 4)
+    assert Path(command[0]).name == "torchrun" and Path(command[0]).is_file()
+    assert command[1:] == [
+        "--standalone", "--nproc_per_node=4", "-m", "tasks.train", "stage_a",
+        "--params", "/tmp/p.yaml",
+    ]  # fmt: skip
+
+
+@pytest.mark.usefixtures("restore_tracking_uri")
+def test_a_stage_with_two_processes_trains_the_one_process_model(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the torchrun processes import tasks.train
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    params = _tiny_stage_workspace(tmp_path)
+    # absolute: MLflow caches a store per URI, so a relative one would reach another test's db
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    params["mlflow"]["tracking_uri"] = uri
+    single = train_stage(params, "experts")
+    single_weights = load_file("models/experts/model.safetensors")
+    shutil.rmtree("models")
+
+    report = train_stage({**params, "train_launch": {"nproc_per_node": 2}}, "experts")
+    assert report.keys() == single.keys()
+    assert report["val_loss"] == pytest.approx(single["val_loss"], rel=1e-3)
+    weights = load_file("models/experts/model.safetensors")
+    diff = _max_abs_diff(weights, single_weights)
+    print(f"experts stage: max |weights 2 processes - 1 process| = {diff:.1e}")
+    assert diff < 0.1 * params["experts"]["lr"]
+    assert not Path("models/.resume/experts").exists()
+    # one MLflow run per stage run: rank 1 opened none
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
+    assert sorted(run.data.tags["world_size"] for run in runs) == ["1", "2"]
+    for run in runs:
+        history = client.get_metric_history(run.info.run_id, "train_loss")
+        assert sorted(m.step for m in history) == [1, 2, 3, 4]
 
 def main(root: Path, grad_accums: list[int], stop_after: int) -> None:
     torch.set_num_threads(1)

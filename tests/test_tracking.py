@@ -20,6 +20,7 @@ import yaml
 
 from tasks.common import mlflow_run, provenance_tags
 from tasks.tracking import MetricBuffer
+from tests.test_infra import restore_tracking_uri  # noqa: F401 (a fixture)
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
 
@@ -138,20 +139,6 @@ def test_metrics_that_cannot_be_sent_are_written_locally(tmp_path, fast_failing_
     assert str(spill) in caplog.text and "3 metrics" in caplog.text
 
 
-@pytest.fixture
-def restore_tracking_uri():
-    """mlflow.set_tracking_uri also sets $MLFLOW_TRACKING_URI, which later runs would prefer."""
-    import mlflow
-    from mlflow.tracking._tracking_service import utils
-
-    before, before_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
-    yield
-    mlflow.set_tracking_uri(before)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    if before_env is not None:
-        os.environ["MLFLOW_TRACKING_URI"] = before_env
-
-
 LOCK = """schema: '2.0'
 stages:
   cache:
@@ -171,7 +158,8 @@ def git(cwd: Path, *args: str) -> str:
     ).stdout.strip()
 
 
-def test_a_run_records_config_code_and_data_provenance(tmp_path, monkeypatch, restore_tracking_uri):
+@pytest.mark.usefixtures("restore_tracking_uri")
+def test_a_run_records_config_code_and_data_provenance(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -182,9 +170,11 @@ def test_a_run_records_config_code_and_data_provenance(tmp_path, monkeypatch, re
     git(tmp_path, "add", "dvc.lock")
     git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock")
     head = git(tmp_path, "rev-parse", "HEAD")
+    # absolute: MLflow caches a store per URI, so a relative one would reach another test's db
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
     params = {
         "mlflow": {
-            "tracking_uri": "sqlite:///mlflow.db",
+            "tracking_uri": uri,
             "experiment": "x",
             "system_metrics_interval_s": 0.5,
         }
@@ -192,7 +182,7 @@ def test_a_run_records_config_code_and_data_provenance(tmp_path, monkeypatch, re
     logged = {"stage_a": {"steps": 3, "trainable": ["blocks.*"]}, "flow": {"p_hold": 0.1}}
     with mlflow_run(params, "stage_a", logged) as run:
         time.sleep(2)  # a few system-metrics samples
-    client = MlflowClient("sqlite:///mlflow.db")
+    client = MlflowClient(uri)
     tags = client.get_run(run.info.run_id).data.tags
     assert tags["git_commit"] == head and tags["git_dirty"] == "false"
     assert tags["data_cache_md5"] == "6513fe37804ba82f5f84bbc90eee8f37.dir"
