@@ -149,7 +149,7 @@ def train(
     if not 1 <= cfg.grad_accum <= cfg.batch_size // world:
         raise ValueError(
             f"grad_accum={cfg.grad_accum} must be in [1, batch_size / processes] "
-            f"(batch_size={cfg.batch_size}, {world} processes)"
+            f"(batch_size={cfg.batch_size} over {world} process(es))"
         )
     torch.manual_seed(cfg.seed)
     names = set(set_trainable(model, cfg.trainable, cfg.frozen))

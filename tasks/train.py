@@ -159,7 +159,8 @@ def _train_stage(params: dict[str, Any], stage: str, place: Place) -> dict[str, 
         write_history_csv(history, PLOTS / f"{stage}_loss.csv")
         png = PLOTS / f"{stage}_loss.png"
         loss_curve(history, png, f"{stage}: rectified-flow loss")
-        mlflow.log_metrics({"final_val_loss": after["loss"], "initial_val_loss": before["loss"]})
+        final = {"final_val_loss": after["loss"], "initial_val_loss": before["loss"]}
+        metrics.log(cfg.steps, final)
         mlflow.log_artifact(str(png))
         mlflow.log_artifacts(str(MODELS / stage), artifact_path="checkpoint")
     log.info("%s: val loss %.4f -> %.4f", stage, before["loss"], after["loss"])

@@ -208,6 +208,7 @@ def test_a_stage_with_two_processes_trains_the_one_process_model(tmp_path, monke
     for run in runs:
         history = client.get_metric_history(run.info.run_id, "train_loss")
         assert sorted(m.step for m in history) == [1, 2, 3, 4]
+        assert run.data.metrics["final_val_loss"] == pytest.approx(single["val_loss"], rel=1e-3)
 
 def main(root: Path, grad_accums: list[int], stop_after: int) -> None:
     torch.set_num_threads(1)
