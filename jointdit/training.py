@@ -6,6 +6,7 @@ Which parameters learn is declared by name: glob patterns over `model.named_para
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
 from collections.abc import Callable
@@ -13,8 +14,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from jointdit.distributed import current
 from jointdit.flow import Batch, FlowConfig, draw_noise, drop_conditions, flow_loss, sample_t
 from jointdit.model.jointdit import JointDiT
 from jointdit.train_state import fingerprint, restore_state, save_state
@@ -72,6 +76,19 @@ def subset(batch: Batch, idx: torch.Tensor) -> Batch:
     )
 
 
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """The batch on the model's device. Random draws stay on the CPU generator, so a GPU run
+    sees the same batches, times and noise as a CPU run (and every rank the same ones)."""
+    emb = batch.image_embedding
+    return Batch(
+        batch.video.to(device),
+        batch.audio.to(device),
+        batch.image.to(device),
+        batch.text.to(device),
+        None if emb is None else emb.to(device),
+    )
+
+
 @torch.no_grad()
 def validation_loss(
     model: JointDiT, data: Batch, flow: FlowConfig, experts_only: bool = False, seed: int = 0
@@ -79,12 +96,17 @@ def validation_loss(
     """Loss on a fixed grid of t and fixed noise, so values are comparable across models."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     totals: dict[str, float] = {}
     grid = (0.1, 0.3, 0.5, 0.7, 0.9)
+    on_device = to_device(data, device)
     for t in grid:
-        tt = torch.full((len(data),), t)
-        _, parts = flow_loss(model, data, tt, tt, generator, flow.audio_weight, experts_only)
+        tt = torch.full((len(data),), t, device=device)
+        noise = tuple(n.to(device) for n in draw_noise(data, generator))
+        _, parts = flow_loss(
+            model, on_device, tt, tt, generator, flow.audio_weight, experts_only, noise=noise
+        )
         for k, v in parts.items():
             totals[k] = totals.get(k, 0.0) + v / len(grid)
     model.train(was_training)
@@ -111,13 +133,24 @@ def train(
 ) -> list[dict[str, float]]:
     """Train in place; returns the history of logged metrics (train and val losses).
 
+    Under an initialised process group of several ranks (torchrun, see jointdit.distributed)
+    this is data-parallel training of the same run: every rank draws the same global batch from
+    the same generator and computes its slice of it, and the gradients are summed over ranks,
+    so the update is the single-process one (up to float summation order). Only rank 0 logs,
+    validates, and writes checkpoints; its history is the run's (the other ranks' lack the
+    validation losses). Every rank ends with the same weights.
+
     With `resume_dir`, the whole training state is saved there every `checkpoint_every` steps
     and a run restarts from the newest checkpoint of the same run (settings, starting weights
     and data), ending with the same weights as an uninterrupted run. Every random draw comes
     from one generator (and torch's global RNG, seeded here), both checkpointed.
     """
-    if not 1 <= cfg.grad_accum <= cfg.batch_size:
-        raise ValueError(f"grad_accum={cfg.grad_accum} must be in [1, batch_size]")
+    rank, world = current()
+    if not 1 <= cfg.grad_accum <= cfg.batch_size // world:
+        raise ValueError(
+            f"grad_accum={cfg.grad_accum} must be in [1, batch_size / processes] "
+            f"(batch_size={cfg.batch_size} over {world} process(es))"
+        )
     torch.manual_seed(cfg.seed)
     names = set(set_trainable(model, cfg.trainable, cfg.frozen))
     params = [p for n, p in model.named_parameters() if n in names]
@@ -136,19 +169,36 @@ def train(
                 *(t for t in vars(train_data).values() if t is not None),
             ],
         )
+        # rank 0 first: it clears stale and partial files, then the others read what it read
+        if rank > 0:
+            dist.barrier()
         restored = restore_state(resume_dir, key, model, ema, optimizer, generator)
+        if rank == 0 and world > 1:
+            dist.barrier()
         if restored is not None:
             start, history = restored
     model.train()
     model.grad_checkpointing = cfg.grad_checkpointing
-    step_model = torch.compile(model) if cfg.compile else model
-    device = next(model.parameters()).device.type
+    device = next(model.parameters()).device
+    ddp = None
+    if world > 1:
+        # unused parameters exist (the image-embedding input without embeddings, the joint
+        # layers under experts_only): DDP must be told to look for them
+        ddp = DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
+    step_model = ddp if ddp is not None else model
+    step_model = torch.compile(step_model) if cfg.compile else step_model
+    # this rank's slice of every batch, cut into micro-batches
+    micros = torch.arange(cfg.batch_size).tensor_split(world)[rank].chunk(cfg.grad_accum)
     bar = tqdm(
         range(start, cfg.steps),
         desc="train",
         initial=start,
         total=cfg.steps,
-        disable=not progress,
+        disable=not progress or rank > 0,
         dynamic_ncols=True,
     )
     for step in bar:
@@ -159,25 +209,35 @@ def train(
         t_v, t_a = sample_t(cfg.batch_size, flow, generator)
         noise = draw_noise(batch, generator)
         # each micro-batch's loss is its share of the whole batch's (masked) mean
-        counts = ((t_v > 0).sum().float(), (t_a > 0).sum().float())
+        counts = ((t_v > 0).sum().float().to(device), (t_a > 0).sum().float().to(device))
         optimizer.zero_grad(set_to_none=True)
         parts: dict[str, float] = {}
-        for micro in torch.arange(cfg.batch_size).chunk(cfg.grad_accum):
-            with torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.bf16):
+        for i, micro in enumerate(micros):
+            # gradients are all-reduced once per step, with the last micro-batch's backward
+            syncing = ddp is None or i == len(micros) - 1
+            with (
+                contextlib.nullcontext() if syncing else ddp.no_sync(),
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16),
+            ):
                 loss, micro_parts = flow_loss(
                     step_model,
-                    subset(batch, micro),
-                    t_v[micro],
-                    t_a[micro],
+                    to_device(subset(batch, micro), device),
+                    t_v[micro].to(device),
+                    t_a[micro].to(device),
                     generator,
                     flow.audio_weight,
                     cfg.experts_only,
-                    noise=(noise[0][micro], noise[1][micro]),
+                    noise=(noise[0][micro].to(device), noise[1][micro].to(device)),
                     counts=counts,
                 )
-            loss.backward()
+                # DDP averages gradients over ranks; the shares must be summed
+                (loss * world if world > 1 else loss).backward()
             for k, v in micro_parts.items():
                 parts[k] = parts.get(k, 0.0) + v
+        if world > 1:
+            summed = torch.tensor(list(parts.values()), dtype=torch.float64, device=device)
+            dist.all_reduce(summed)
+            parts = dict(zip(parts, summed.tolist(), strict=True))
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         if ema:
@@ -188,12 +248,12 @@ def train(
                         ema[n].lerp_(p, 1 - decay)
         record = {f"train_{k}": v for k, v in parts.items()}
         record.update(step=step + 1, lr=lr_at(step, cfg), grad_norm=float(grad_norm))
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+        if rank == 0 and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
             val = validation_loss(model, val_data, flow, cfg.experts_only)
             record.update({f"val_{k}": v for k, v in val.items()})
         history.append(record)
         # saved before the log callback runs: a crash there loses no finished step
-        if resume_dir is not None and (step + 1) % cfg.checkpoint_every == 0:
+        if rank == 0 and resume_dir is not None and (step + 1) % cfg.checkpoint_every == 0:
             save_state(
                 resume_dir,
                 step + 1,
@@ -205,7 +265,8 @@ def train(
                 history,
                 cfg.keep_checkpoints,
             )
-        log(step + 1, record)
+        if rank == 0:
+            log(step + 1, record)
         bar.set_postfix(loss=f"{parts['loss']:.4f}")
     if ema:
         with torch.no_grad():

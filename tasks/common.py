@@ -92,17 +92,67 @@ def check_tracking_server(uri: str, timeout_s: float = 3.0) -> None:
         ) from exc
 
 
+def provenance_tags(root: Path = Path(".")) -> dict[str, str]:
+    """Where a run's code and data came from, as MLflow tags; what cannot be found is left out.
+
+    git_commit / git_dirty: HEAD of the repository at `root` and whether tracked files differ
+    from it. data_cache_md5: the md5 DVC recorded for data/cache in dvc.lock (under `dvc repro`
+    the cache stage has run and locked before any training stage reads the cache), and
+    dvc_lock_sha256: the whole lock file, which pins every stage's inputs and outputs.
+    """
+    import hashlib
+    import subprocess
+
+    tags: dict[str, str] = {}
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=30
+            )
+        except (OSError, subprocess.TimeoutExpired):  # no git, or a hung one
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit:
+        tags["git_commit"] = commit
+        status = git("status", "--porcelain", "--untracked-files=no")
+        if status is not None:
+            tags["git_dirty"] = str(bool(status)).lower()
+    lock = root / "dvc.lock"
+    if lock.is_file():
+        data = lock.read_bytes()
+        tags["dvc_lock_sha256"] = hashlib.sha256(data).hexdigest()
+        try:
+            outs = yaml.safe_load(data)["stages"]["cache"]["outs"]
+            md5 = next(o["md5"] for o in outs if o["path"] == CACHE.as_posix())
+            tags["data_cache_md5"] = str(md5)
+        except (yaml.YAMLError, KeyError, TypeError, StopIteration):
+            logging.getLogger("jointdit").warning("%s: no md5 of %s in it", lock, CACHE)
+    return tags
+
+
 @contextlib.contextmanager
 def mlflow_run(params: dict[str, Any], stage: str, logged: dict[str, Any]) -> Iterator[Any]:
-    """An MLflow run named after the stage, with that stage's params logged."""
+    """An MLflow run named after the stage: that stage's params logged (flat, as params, and
+    whole as the artifact config/params.yaml), provenance tags (provenance_tags), and system
+    metrics every mlflow.system_metrics_interval_s seconds (absent or 0: none)."""
     import mlflow
 
     uri = resolve_tracking_uri(params["mlflow"]["tracking_uri"])
     check_tracking_server(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(params["mlflow"]["experiment"])
-    with mlflow.start_run(run_name=stage, tags={"stage": stage}) as run:
+    interval = params["mlflow"].get("system_metrics_interval_s") or 0
+    if interval:
+        mlflow.set_system_metrics_sampling_interval(interval)
+    tags = {"stage": stage, **provenance_tags()}
+    with mlflow.start_run(run_name=stage, tags=tags, log_system_metrics=bool(interval)) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in flatten(logged).items()})
+        # through JSON: tuples become lists, anything else its str(), so safe_dump takes it
+        plain = json.loads(json.dumps(logged, default=str))
+        mlflow.log_text(yaml.safe_dump(plain, sort_keys=False), "config/params.yaml")
         yield run
 
 

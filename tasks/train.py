@@ -3,20 +3,29 @@
 experts: a fresh model, joint layers skipped (each expert fitted alone; the iso baseline).
 stage_a: starts from the experts; only the joint layers learn.
 stage_b: starts from Stage A; the joint layers plus the configured I/O and expert layers learn.
+
+With train_launch.nproc_per_node > 1 (params.yaml) a stage re-runs itself under torchrun, one
+process per GPU (or CPU process), in data-parallel; rank 0 alone logs to MLflow and writes.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from jointdit.checkpoint import load_checkpoint, save_checkpoint
 from jointdit.config import from_dict
 from jointdit.data.shards import load_split
+from jointdit.distributed import Place, process_group, under_torchrun
 from jointdit.flow import FlowConfig
 from jointdit.model.jointdit import JointDiT, count_parameters
 from jointdit.training import TrainConfig, train, validation_loss
@@ -26,13 +35,16 @@ from tasks.common import (
     MODELS,
     PLOTS,
     REPORTS,
+    check_tracking_server,
     cli,
     codec_from,
     get_logger,
     mlflow_run,
     model_config,
+    resolve_tracking_uri,
     write_json,
 )
+from tasks.tracking import MetricBuffer
 
 STARTS_FROM = {"experts": None, "stage_a": "experts", "stage_b": "stage_a"}
 # Resume checkpoints live outside the DVC outputs: DVC deletes models/<stage> before a run,
@@ -58,31 +70,67 @@ def write_history_csv(history: list[dict[str, float]], path: Path) -> None:
             writer.writerow([h["step"], f"{h['train_loss']:.6f}", h.get("val_loss", "")])
 
 
+def launch_command(stage: str, params_file: Path, nproc: int) -> list[str]:
+    """The torchrun command line that runs `stage` in `nproc` processes on this machine."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    return [
+        str(torchrun), "--standalone", f"--nproc_per_node={nproc}",
+        "-m", "tasks.train", stage, "--params", str(params_file),
+    ]  # fmt: skip
+
+
 def train_stage(params: dict[str, Any], stage: str) -> dict[str, Any]:
-    """Train one stage; write models/<stage>/, reports/<stage>.json and its loss plot."""
+    """Train one stage; write models/<stage>/, reports/<stage>.json and its loss plot.
+
+    Returns the report (under torchrun, an empty dict on the ranks other than 0).
+    """
     if stage not in STARTS_FROM:
         raise ValueError(f"unknown training stage {stage!r}; choose from {list(STARTS_FROM)}")
+    nproc = int(params.get("train_launch", {}).get("nproc_per_node", 1))
+    if nproc > 1 and not under_torchrun():
+        # fail before starting the processes, not in rank 0 while the others wait for it
+        check_tracking_server(resolve_tracking_uri(params["mlflow"]["tracking_uri"]))
+        # the params as given (a caller's dict need not be a file) travel as a temporary file
+        with tempfile.TemporaryDirectory() as tmp:
+            params_file = Path(tmp) / "params.yaml"
+            params_file.write_text(yaml.safe_dump(params))
+            subprocess.run(launch_command(stage, params_file, nproc), check=True)
+        return json.loads((REPORTS / f"{stage}.json").read_text())
+    with process_group() as place:
+        return _train_stage(params, stage, place)
+
+
+def _train_stage(params: dict[str, Any], stage: str, place: Place) -> dict[str, Any]:
     log = get_logger()
     cfg = from_dict(TrainConfig, {"seed": params["seed"], **params[stage]}, stage)
     flow = from_dict(FlowConfig, params["flow"], "flow")
     train_set, val_set = load_split(CACHE, "train"), load_split(CACHE, "val")
-    model = initial_model(params, stage)
+    model = initial_model(params, stage).to(place.device)
+    if not place.is_main:
+        train(model, train_set.batch, val_set.batch, cfg, flow, resume_dir=RESUME / stage)
+        return {}
     before = validation_loss(model, val_set.batch, flow, cfg.experts_only)
     log.info(
-        "%s: %d train / %d val clips, %s",
+        "%s: %d train / %d val clips, %s, %d process(es) on %s",
         stage,
         len(train_set.batch),
         len(val_set.batch),
         count_parameters(model),
+        place.world_size,
+        place.device,
     )
 
-    with mlflow_run(
-        params, stage, {stage: params[stage], "flow": params["flow"], "model": model.cfg.to_dict()}
+    logged = {stage: params[stage], "flow": params["flow"], "model": model.cfg.to_dict()}
+    with (
+        mlflow_run(params, stage, logged) as run,
+        MetricBuffer(run.info.run_id, REPORTS / f"{stage}.unsent_metrics.jsonl") as metrics,
     ):
         import mlflow
 
+        mlflow.set_tags({"world_size": place.world_size, "device": str(place.device)})
+
         def on_step(step: int, record: dict[str, float]) -> None:
-            mlflow.log_metrics({k: v for k, v in record.items() if k != "step"}, step=step)
+            metrics.log(step, {k: v for k, v in record.items() if k != "step"})
             if "val_loss" in record:
                 log.info(
                     "%s step %d: train %.4f val %.4f",
@@ -96,6 +144,7 @@ def train_stage(params: dict[str, Any], stage: str) -> dict[str, Any]:
             model, train_set.batch, val_set.batch, cfg, flow, log=on_step, resume_dir=RESUME / stage
         )
         after = validation_loss(model, val_set.batch, flow, cfg.experts_only)
+        model.cpu()
         save_checkpoint(MODELS / stage, model, {"stage": stage, "val_loss": after["loss"]})
         shutil.rmtree(RESUME / stage, ignore_errors=True)
         report = {
@@ -110,7 +159,8 @@ def train_stage(params: dict[str, Any], stage: str) -> dict[str, Any]:
         write_history_csv(history, PLOTS / f"{stage}_loss.csv")
         png = PLOTS / f"{stage}_loss.png"
         loss_curve(history, png, f"{stage}: rectified-flow loss")
-        mlflow.log_metrics({"final_val_loss": after["loss"], "initial_val_loss": before["loss"]})
+        final = {"final_val_loss": after["loss"], "initial_val_loss": before["loss"]}
+        metrics.log(cfg.steps, final)
         mlflow.log_artifact(str(png))
         mlflow.log_artifacts(str(MODELS / stage), artifact_path="checkpoint")
     log.info("%s: val loss %.4f -> %.4f", stage, before["loss"], after["loss"])

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from jointdit.flow import Batch, FlowConfig
@@ -91,3 +92,11 @@ def test_compiled_training_matches_eager():
         results.append(train(model, _data(), _data(), cfg, FlowConfig(), progress=False))
     for eager, compiled in zip(*results, strict=True):
         assert abs(eager["train_loss"] - compiled["train_loss"]) < 1e-4
+
+
+@pytest.mark.parametrize("grad_accum", [0, 5])
+def test_grad_accum_outside_the_batch_is_refused(grad_accum):
+    cfg = TrainConfig(steps=1, batch_size=4, grad_accum=grad_accum)
+    match = rf"grad_accum={grad_accum} .*batch_size=4 over 1 process"
+    with pytest.raises(ValueError, match=match):
+        train(JointDiT(TINY), _data(), _data(), cfg, FlowConfig(), progress=False)
