@@ -299,20 +299,29 @@ def test_joint_layers_join_and_iso_isolates(joint_model):
     torch.testing.assert_close(am[1], a[1])
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_gradient_reaches_every_joint_layer(joint_model, checkpointing):
-    model = fresh_copy(joint_model).train()
+def joint_layer_grads(model, checkpointing):
     model.grad_checkpointing = checkpointing
+    model.zero_grad()
+    v, a = model(**joint_inputs())
+    (v.square().mean() + a.square().mean()).backward()
+    return [p.grad.clone() for p in model.joint.parameters()]
+
+
+def test_gradient_reaches_every_joint_layer(joint_model):
+    model = fresh_copy(joint_model).train()
     for p in model.parameters():
         p.requires_grad_(False)
     for p in model.joint.parameters():
         p.requires_grad_(True)
-    v, a = model(**joint_inputs())
-    (v.square().mean() + a.square().mean()).backward()
+    grads = joint_layer_grads(model, checkpointing=False)
     for k, layer in enumerate(model.joint):
         # fresh gates are zero, so the gradient enters through the modulation
         for mod in (layer.video_modulation, layer.audio_modulation):
             assert mod[1].weight.grad.abs().sum() > 0, k
+    # activation checkpointing recomputes the same steps: the same gradients
+    recomputed = joint_layer_grads(model, checkpointing=True)
+    for g, r in zip(grads, recomputed, strict=True):
+        torch.testing.assert_close(r, g)
 
 
 def test_pairs_must_match_or_be_configured(snapshots):
@@ -404,7 +413,7 @@ def test_ddpm_index_matches_the_flow_snr():
     k = timemaps.ddpm_index(t, ac)
     a, _ = timemaps.vp_coefficients(t)
     err = (ac[k].sqrt().float() - a).abs().max().item()
-    assert err < 5e-3, err
+    assert err < 2e-3, err  # measured 7.3e-4
     assert torch.all(k[1:] >= k[:-1])  # more noise, later step
     ends = timemaps.ddpm_index(torch.tensor([0.0, 1.0]), ac)
     assert ends.tolist() == [0, 999]
