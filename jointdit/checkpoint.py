@@ -45,7 +45,7 @@ def _unet_config(unet: ModelMixin) -> dict:
 def _config(model: JointDiT | JointBackboneModel, meta: dict[str, Any] | None) -> dict:
     if isinstance(model, JointDiT):
         return {"model": model.cfg.to_dict(), "meta": meta or {}}
-    if model.cfg is None:
+    if not isinstance(model.cfg, BackboneModelConfig):
         raise ValueError("a JointDiT viewed as backbones is saved as the JointDiT itself")
     return {
         "kind": BACKBONES,

@@ -356,6 +356,13 @@ def test_pairs_must_match_or_be_configured(snapshots):
 # --- our DiT as the third adapter ------------------------------------------------------------
 
 
+def test_dit_view_is_saved_as_the_jointdit_itself(tmp_path):
+    view = JointBackboneModel.from_jointdit(JointDiT(TINY))
+    assert view.cfg == TINY  # generation reads latent sizes and text settings from cfg
+    with pytest.raises(ValueError, match="saved as the JointDiT itself"):
+        save_checkpoint(tmp_path, view)
+
+
 @pytest.mark.parametrize("image_embed", [0, 5])
 @pytest.mark.parametrize("mode", ["joint", "iso", "mask", "experts_only"])
 def test_dit_adapter_reproduces_jointdit(image_embed, mode):

@@ -23,6 +23,7 @@ Linear(D -> projection_class_embeddings_input_dim)(mean of the tokens).
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -110,8 +111,9 @@ class _UNetBackbone(Backbone):
     def time_embedding(self, state: UNetState) -> Tensor:
         return state.emb
 
+    @abstractmethod
     def _kwargs(self, block: nn.Module, s: UNetState, mid: bool) -> dict[str, Any]:
-        raise NotImplementedError
+        """The keyword arguments a block takes beside its input and time embedding."""
 
     def expert(self, i: int, s: UNetState) -> UNetState:
         kind, j = self.stages[i]

@@ -104,7 +104,7 @@ def resolve_pairs(
 class JointBackboneModel(nn.Module):
     def __init__(
         self,
-        cfg: BackboneModelConfig | None,
+        cfg: BackboneModelConfig | JointDiTConfig,
         video: Backbone,
         audio: Backbone,
         context: ContextEmbedder,
@@ -153,7 +153,7 @@ class JointBackboneModel(nn.Module):
         """A view of a JointDiT (its own modules, no copies) through the Backbone interface."""
         c = model.cfg
         return cls(
-            None,
+            c,
             DiTBackbone(model, "video"),
             DiTBackbone(model, "audio"),
             ContextEmbedder(model.text, model.image_embed),
