@@ -11,23 +11,19 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import ModelMixin
 from safetensors.torch import save_file
 
-from jointdit.backbones.loader import UNET_CLASSES
-from jointdit.backbones.timemaps import DDPMSchedule
 from jointdit.config import from_dict
-from jointdit.model.joint import (
-    BackboneModelConfig,
-    JointBackboneModel,
-    build_from_unets,
-    torch_dtype,
-)
 from jointdit.model.jointdit import JointDiT, JointDiTConfig
 from jointdit.weights import load_weights
+
+if TYPE_CHECKING:  # diffusers takes seconds to import; the default path never needs it
+    from diffusers import ModelMixin
+
+    from jointdit.model.joint import JointBackboneModel
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -45,6 +41,8 @@ def _unet_config(unet: ModelMixin) -> dict:
 def _config(model: JointDiT | JointBackboneModel, meta: dict[str, Any] | None) -> dict:
     if isinstance(model, JointDiT):
         return {"model": model.cfg.to_dict(), "meta": meta or {}}
+    from jointdit.model.joint import BackboneModelConfig
+
     if not isinstance(model.cfg, BackboneModelConfig):
         raise ValueError("a JointDiT viewed as backbones is saved as the JointDiT itself")
     return {
@@ -71,6 +69,8 @@ def save_checkpoint(
 
 
 def _unet(config: dict, where: str, dtype: torch.dtype) -> ModelMixin:
+    from jointdit.backbones.loader import UNET_CLASSES
+
     name = config.get("_class_name")
     if name not in UNET_CLASSES:
         raise ValueError(f"{where}: unknown UNet class {name!r}; known {sorted(UNET_CLASSES)}")
@@ -79,6 +79,9 @@ def _unet(config: dict, where: str, dtype: torch.dtype) -> ModelMixin:
 
 
 def _backbone_model(config: dict, where: str) -> JointBackboneModel:
+    from jointdit.backbones.timemaps import DDPMSchedule
+    from jointdit.model.joint import BackboneModelConfig, build_from_unets, torch_dtype
+
     for key in ("unets", "schedule"):
         if key not in config:
             raise ValueError(f"{where}: backbones checkpoint without {key!r}")
