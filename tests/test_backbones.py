@@ -21,7 +21,7 @@ from jointdit.model.joint import (
     load_backbone_model,
     model_config_from_dict,
 )
-from jointdit.model.jointdit import JointDiT
+from jointdit.model.jointdit import JointDiT, JointDiTConfig
 from tests.conftest import TINY, randomize, tiny_inputs
 
 SVD_TINY = dict(
@@ -202,6 +202,16 @@ def test_loader_errors_name_the_path(snapshots, tmp_path):
         load_unet(tmp_path, "UNet2DConditionModel")
     with pytest.raises(ValueError, match="is a 'UNet2DConditionModel', expected"):
         load_unet(snapshots["audioldm"], "UNetSpatioTemporalConditionModel")
+    text_unet = load_unet(snapshots["unet2d"], "UNet2DConditionModel")
+    with pytest.raises(ValueError, match="needs encoder_hidden_states"):
+        AudioLDMBackbone(text_unet, AudioLDMConfig(), 4, timemaps.DDPMSchedule())
+    with pytest.raises(ValueError, match="needs one cross_attention_dim"):
+        AudioLDMBackbone(
+            load_unet(snapshots["audioldm"], "UNet2DConditionModel"),
+            AudioLDMConfig(cross_attention=True),
+            4,
+            timemaps.DDPMSchedule(),
+        )
     with pytest.raises(TypeError, match="needs a UNetSpatioTemporalConditionModel"):
         SVDBackbone(load_unet(snapshots["audioldm"], "UNet2DConditionModel"), SVDConfig(), 4)
 
@@ -485,12 +495,15 @@ def test_jointdit_checkpoint_format_is_unchanged(tmp_path):
 
 
 def test_model_config_from_params():
-    cfg = model_config_from_dict(
-        {"kind": "backbones", "pairs": [[0, 0], [1, 2]], "svd": {"path": "/m/svd"}}
-    )
+    section = {
+        "kind": "backbones",
+        "dim": 64,
+        "backbones": {"pairs": [[0, 0], [1, 2]], "svd": {"path": "/m/svd"}},
+    }
+    cfg = model_config_from_dict(section)
     assert cfg.pairs == ((0, 0), (1, 2)) and cfg.svd.path == "/m/svd"
-    assert model_config_from_dict({"dim": 64}).dim == 64
+    assert model_config_from_dict(dict(section, kind="dit")) == JointDiTConfig(dim=64)
     with pytest.raises(ValueError, match="kind 'unet'"):
         model_config_from_dict({"kind": "unet"})
-    with pytest.raises(ValueError, match="unknown keys"):
-        model_config_from_dict({"kind": "backbones", "dim": 3})
+    with pytest.raises(ValueError, match=r"model\.backbones: unknown keys \['dim'\]"):
+        model_config_from_dict({"kind": "backbones", "backbones": {"dim": 3}})

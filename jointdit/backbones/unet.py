@@ -253,6 +253,22 @@ class SVDBackbone(_UNetBackbone):
         return replace(s, h=video_tokens_to_map(tokens, s.h))
 
 
+def _needs_hidden_states(unet: UNet2DConditionModel) -> bool:
+    """Whether a cross-attention block cannot fall back to attending to itself, as AudioLDM's
+    do when given no encoder_hidden_states (cross_attention_dim = its block widths)."""
+    c = unet.config
+    widths = list(c.block_out_channels)
+    dims = c.cross_attention_dim
+    dims = list(dims) if isinstance(dims, (list, tuple)) else [dims] * len(widths)
+    blocks = [
+        *zip(unet.down_blocks, dims, widths, strict=True),
+        *zip(unet.up_blocks, dims[::-1], widths[::-1], strict=True),
+    ]
+    if unet.mid_block is not None:
+        blocks.append((unet.mid_block, dims[-1], widths[-1]))
+    return any(getattr(b, "has_cross_attention", False) and d != w for b, d, w in blocks)
+
+
 class AudioLDMBackbone(_UNetBackbone):
     def __init__(
         self,
@@ -283,6 +299,12 @@ class AudioLDMBackbone(_UNetBackbone):
             raise ValueError(
                 f"AudioLDM UNet: cross_attention needs one cross_attention_dim, "
                 f"got {c.cross_attention_dim}"
+            )
+        if not cfg.cross_attention and _needs_hidden_states(unet):
+            raise ValueError(
+                f"UNet2DConditionModel: cross_attention_dim {c.cross_attention_dim} differs from "
+                f"its block widths {c.block_out_channels}, so it needs encoder_hidden_states "
+                "(set cross_attention)"
             )
         self.context_proj = (
             _zero_linear(context_dim, c.cross_attention_dim) if cfg.cross_attention else None

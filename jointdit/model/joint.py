@@ -257,14 +257,17 @@ def load_backbone_model(cfg: BackboneModelConfig) -> tuple[JointBackboneModel, D
 def model_config_from_dict(
     data: dict, where: str = "model"
 ) -> JointDiTConfig | BackboneModelConfig:
-    """A params.yaml `model` section: `kind: dit` (default, our JointDiT) or `kind: backbones`
-    (pretrained SVD + AudioLDM UNets); the other keys are that config's fields."""
+    """A params.yaml `model` section: `kind: dit` (default: our JointDiT, from the section's
+    other keys) or `kind: backbones` (pretrained SVD + AudioLDM UNets, from its `backbones`
+    subsection). Both configs live side by side, so a params profile switches between them by
+    setting leaves only."""
     data = dict(data)
     kind = data.pop("kind", "dit")
+    backbones = data.pop("backbones", {})
     if kind == "dit":
         return from_dict(JointDiTConfig, data, where)
     if kind == "backbones":
-        return from_dict(BackboneModelConfig, data, where)
+        return from_dict(BackboneModelConfig, backbones, f"{where}.backbones")
     raise ValueError(f"{where}: kind {kind!r} is not 'dit' or 'backbones'")
 
 
