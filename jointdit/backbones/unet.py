@@ -174,7 +174,9 @@ class SVDBackbone(_UNetBackbone):
     def __init__(self, unet: UNetSpatioTemporalConditionModel, cfg: SVDConfig, context_dim: int):
         super().__init__()
         if not isinstance(unet, UNetSpatioTemporalConditionModel):
-            raise TypeError(f"SVDBackbone needs a UNetSpatioTemporalConditionModel, got {unet}")
+            raise TypeError(
+                f"SVDBackbone needs a UNetSpatioTemporalConditionModel, got {type(unet).__name__}"
+            )
         self.unet = unet
         self.cfg = cfg
         c = unet.config
@@ -279,7 +281,9 @@ class AudioLDMBackbone(_UNetBackbone):
     ):
         super().__init__()
         if not isinstance(unet, UNet2DConditionModel):
-            raise TypeError(f"AudioLDMBackbone needs a UNet2DConditionModel, got {unet}")
+            raise TypeError(
+                f"AudioLDMBackbone needs a UNet2DConditionModel, got {type(unet).__name__}"
+            )
         c = unet.config
         if c.addition_embed_type is not None:
             raise ValueError(f"UNet2DConditionModel: addition_embed_type {c.addition_embed_type!r}"

@@ -216,9 +216,9 @@ class JointBackboneModel(nn.Module):
             if not experts_only:
                 sv, sa = self._call(self._joint, k, sv, sa, context, iso)
         for i in range(nv, self.video.num_experts):
-            sv = self.video.expert(i, sv)
+            sv = self._call(self.video.expert, i, sv)
         for i in range(na, self.audio.num_experts):
-            sa = self.audio.expert(i, sa)
+            sa = self._call(self.audio.expert, i, sa)
         return (
             self.video.velocity(self.video.output(sv), video, t_video),
             self.audio.velocity(self.audio.output(sa), audio, t_audio),
