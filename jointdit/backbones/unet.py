@@ -352,6 +352,8 @@ class AudioLDMBackbone(_UNetBackbone):
         if u.config.center_input_sample:
             sample = 2 * sample - 1.0
         emb = u.time_embedding(u.get_time_embed(sample=sample, timestep=timestep), None)
+        if class_labels is not None:
+            class_labels = class_labels.to(u.dtype)
         class_emb = u.get_class_embed(sample=sample, class_labels=class_labels)
         if class_emb is not None:
             emb = torch.cat([emb, class_emb], dim=-1) if u.config.class_embeddings_concat else (
