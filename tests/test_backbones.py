@@ -5,6 +5,7 @@ import copy
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 from diffusers import UNet2DConditionModel, UNetSpatioTemporalConditionModel
@@ -14,6 +15,8 @@ from jointdit.backbones.base import BackboneCond
 from jointdit.backbones.loader import load_scheduler_config, load_unet
 from jointdit.backbones.unet import AudioLDMBackbone, AudioLDMConfig, SVDBackbone, SVDConfig
 from jointdit.checkpoint import load_checkpoint, save_checkpoint
+from jointdit.flow import Batch, FlowConfig
+from jointdit.generate import SampleConfig, generate
 from jointdit.model.joint import (
     BackboneModelConfig,
     JointBackboneModel,
@@ -22,6 +25,7 @@ from jointdit.model.joint import (
     model_config_from_dict,
 )
 from jointdit.model.jointdit import JointDiT, JointDiTConfig
+from jointdit.training import TrainConfig, train
 from tests.conftest import TINY, randomize, tiny_inputs
 
 SVD_TINY = dict(
@@ -348,6 +352,27 @@ def test_gradient_reaches_every_joint_layer(joint_model):
     recomputed = joint_layer_grads(model, checkpointing=True)
     for g, r in zip(grads, recomputed, strict=True):
         torch.testing.assert_close(r, g)
+
+
+def test_training_and_guided_sampling_run_on_the_joint_model(joint_model):
+    """The same training loop and JointCFG sampler as for JointDiT: stage A trains the joint
+    layers only and leaves the pretrained UNets as loaded."""
+    model = fresh_copy(joint_model)
+    x = joint_inputs(4)
+    data = Batch(x["video"], x["audio"], x["image"], x["text"], x["image_embedding"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainConfig(steps=2, batch_size=2, trainable=("joint.*",), eval_every=2)
+    history = train(model, data, data, cfg, FlowConfig(), progress=False)
+    assert np.isfinite(history[-1]["val_loss"])
+    after = model.state_dict()
+    changed = {k.split(".")[0] for k in after if not torch.equal(before[k], after[k])}
+    assert changed == {"joint"}
+    video, audio = generate(
+        model, x["image"][:1], x["text"][:1], 3, 6, SampleConfig(steps=2, guidance="jointcfg"),
+        image_embedding=x["image_embedding"][:1],
+    )
+    assert video.shape == (1, 3, 4, 4, 6) and audio.shape == (1, 8, 4, 6)
+    assert torch.isfinite(video).all() and torch.isfinite(audio).all()
 
 
 def test_pairs_must_match_or_be_configured(snapshots):
