@@ -62,9 +62,10 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
-def adaln(dim: int, chunks: int) -> nn.Sequential:
-    """SiLU + Linear producing `chunks` modulation vectors, zero-initialised (identity start)."""
-    linear = nn.Linear(dim, chunks * dim)
+def adaln(dim: int, chunks: int, cond_dim: int | None = None) -> nn.Sequential:
+    """SiLU + Linear from a `cond_dim` (default `dim`) conditioning vector to `chunks`
+    modulation vectors of width `dim`, zero-initialised (identity start)."""
+    linear = nn.Linear(cond_dim or dim, chunks * dim)
     nn.init.zeros_(linear.weight)
     nn.init.zeros_(linear.bias)
     return nn.Sequential(nn.SiLU(), linear)
@@ -265,25 +266,43 @@ class JointLayer(nn.Module):
     `iso` (B,) marks samples whose modalities attend only to themselves (+ context): those run
     as separate per-modality attentions, never as a dense mask, so every call stays on the
     fused scaled_dot_product_attention kernels.
+
+    `dim` is the attention width. The token widths (video_dim, audio_dim), the widths of the
+    conditioning vectors (video_cond, audio_cond) and of the context tokens (context_dim)
+    default to `dim` (the DiT); pretrained backbones have other widths at every level, which
+    the per-modality projections map to and from the shared attention width.
     """
 
-    def __init__(self, dim: int, heads: int, ff_mult: int, knobs: tuple[int, int] = (0, 1)):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        ff_mult: int,
+        knobs: tuple[int, int] = (0, 1),
+        video_dim: int | None = None,
+        audio_dim: int | None = None,
+        video_cond: int | None = None,
+        audio_cond: int | None = None,
+        context_dim: int | None = None,
+    ):
         super().__init__()
         self.heads = heads
+        self.head_dim = dim // heads
         self.knobs = knobs
-        self.video_norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.audio_norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.video_qkv = nn.Linear(dim, 3 * dim)
-        self.audio_qkv = nn.Linear(dim, 3 * dim)
-        self.context_kv = nn.Linear(dim, 2 * dim)
-        self.video_out = nn.Linear(dim, dim)
-        self.audio_out = nn.Linear(dim, dim)
-        self.video_norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.audio_norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.video_ff = GEGLU(dim, ff_mult)
-        self.audio_ff = GEGLU(dim, ff_mult)
-        self.video_modulation = adaln(dim, 6)
-        self.audio_modulation = adaln(dim, 6)
+        dv, da = video_dim or dim, audio_dim or dim
+        self.video_norm1 = nn.LayerNorm(dv, elementwise_affine=False, eps=1e-6)
+        self.audio_norm1 = nn.LayerNorm(da, elementwise_affine=False, eps=1e-6)
+        self.video_qkv = nn.Linear(dv, 3 * dim)
+        self.audio_qkv = nn.Linear(da, 3 * dim)
+        self.context_kv = nn.Linear(context_dim or dim, 2 * dim)
+        self.video_out = nn.Linear(dim, dv)
+        self.audio_out = nn.Linear(dim, da)
+        self.video_norm2 = nn.LayerNorm(dv, elementwise_affine=False, eps=1e-6)
+        self.audio_norm2 = nn.LayerNorm(da, elementwise_affine=False, eps=1e-6)
+        self.video_ff = GEGLU(dv, ff_mult)
+        self.audio_ff = GEGLU(da, ff_mult)
+        self.video_modulation = adaln(dv, 6, video_cond)
+        self.audio_modulation = adaln(da, 6, audio_cond)
 
     def forward(
         self,
@@ -359,6 +378,38 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
+def context_tokens(
+    text_embedder: TextEmbedder | None,
+    image_embedder: nn.Linear | None,
+    text: Tensor | None,
+    image_embedding: Tensor | None,
+) -> Tensor | None:
+    """Context tokens [text; image] (B, N, D), or None when there is neither."""
+    tokens = []
+    if text_embedder is not None and text is not None:
+        tokens.append(text_embedder(text))
+    if image_embedder is not None and image_embedding is not None:
+        tokens.append(image_embedder(image_embedding)[:, None])
+    return torch.cat(tokens, dim=1) if tokens else None
+
+
+def unpatchify_video(x: Tensor, shape: tuple[int, ...], cfg: JointDiTConfig) -> Tensor:
+    """Patch values (B, N, Cv*p*p) back to a video latent of `shape` (B, T, Cv, H, W)."""
+    b, t, c, h, w = shape
+    p = cfg.video_patch
+    v = x.reshape(b, t, h // p, w // p, c, p, p)
+    return v.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, t, c, h, w)
+
+
+def unpatchify_audio(x: Tensor, shape: tuple[int, ...], cfg: JointDiTConfig) -> Tensor:
+    """Patch values back to an audio latent of `shape` (B, Ca, F, L), time padding cut."""
+    b, ca, f, length = shape
+    pf, pt = cfg.audio_patch_f, cfg.audio_patch_t
+    nt = -(-length // pt)
+    a = x.reshape(b, f // pf, nt, ca, pf, pt)
+    return a.permute(0, 3, 1, 4, 2, 5).reshape(b, ca, f, nt * pt)[..., :length]
+
+
 @dataclass
 class Tokens:
     """The state between the model's sub-modules: tokens, conditioning vectors, positions."""
@@ -411,12 +462,7 @@ class JointDiT(nn.Module):
     ) -> Tokens:
         xv, grid_v = self.video_input(video, image)
         xa, grid_a = self.audio_input(audio)
-        tokens = []
-        if self.text is not None and text is not None:
-            tokens.append(self.text(text))
-        if self.image_embed is not None and image_embedding is not None:
-            tokens.append(self.image_embed(image_embedding)[:, None])
-        context = torch.cat(tokens, dim=1) if tokens else None
+        context = context_tokens(self.text, self.image_embed, text, image_embedding)
         return Tokens(
             video=xv,
             audio=xa,
@@ -442,15 +488,8 @@ class JointDiT(nn.Module):
         return s
 
     def forward_output(self, s: Tokens) -> tuple[Tensor, Tensor]:
-        b, t, c, h, w = s.video_shape
-        p = self.cfg.video_patch
-        v = self.video_output(s.video, s.cv).reshape(b, t, h // p, w // p, c, p, p)
-        v = v.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, t, c, h, w)
-        _, ca, f, length = s.audio_shape
-        pf, pt = self.cfg.audio_patch_f, self.cfg.audio_patch_t
-        nt = -(-length // pt)
-        a = self.audio_output(s.audio, s.ca).reshape(b, f // pf, nt, ca, pf, pt)
-        a = a.permute(0, 3, 1, 4, 2, 5).reshape(b, ca, f, nt * pt)[..., :length]
+        v = unpatchify_video(self.video_output(s.video, s.cv), s.video_shape, self.cfg)
+        a = unpatchify_audio(self.audio_output(s.audio, s.ca), s.audio_shape, self.cfg)
         return v, a
 
     def _block(

@@ -1,0 +1,1 @@
+"""Pretrained denoisers split into Input / Experts / Output (see base.py)."""

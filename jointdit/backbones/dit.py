@@ -1,0 +1,85 @@
+"""Our own JointDiT's video or audio half as a Backbone: views over its modules, no copies.
+
+The DiT already works on tokens and predicts the flow velocity at the flow's own t, so its
+time map and prediction conversion are the identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from torch import Tensor, nn
+
+from jointdit.backbones.base import Backbone, BackboneCond
+from jointdit.model.jointdit import JointDiT, unpatchify_audio, unpatchify_video
+from jointdit.model.rope import rope_angles
+
+
+@dataclass(frozen=True)
+class DiTState:
+    x: Tensor  # tokens (B, N, dim)
+    c: Tensor  # time embedding (B, dim)
+    angles: Tensor  # the DiT's own RoPE angles for its experts
+    positions: Tensor  # (N, axes), time in seconds
+    context: Tensor | None
+    shape: tuple[int, ...]
+
+
+class DiTBackbone(Backbone):
+    def __init__(self, model: JointDiT, modality: str):
+        super().__init__()
+        if modality not in ("video", "audio"):
+            raise ValueError(f"modality must be 'video' or 'audio', got {modality!r}")
+        self.cfg = model.cfg
+        self.modality = modality
+        self.embedder = getattr(model, f"{modality}_input")
+        self.time = getattr(model, f"{modality}_time")
+        self.experts = nn.ModuleList(getattr(b, f"{modality}_expert") for b in model.blocks)
+        self.final = getattr(model, f"{modality}_output")
+        self.dims = getattr(model, f"{modality}_dims")
+
+    @property
+    def num_experts(self) -> int:
+        return len(self.experts)
+
+    @property
+    def cond_dim(self) -> int:
+        return self.cfg.dim
+
+    def expert_dim(self, i: int) -> int:
+        return self.cfg.dim
+
+    def input(self, x: Tensor, t: Tensor, cond: BackboneCond) -> DiTState:
+        if self.modality == "video":
+            tokens, grid = self.embedder(x, cond.image)
+        else:
+            tokens, grid = self.embedder(x)
+        positions = grid.clone()
+        positions[:, 0] /= self.cfg.rope_time_scale  # the input blocks scale time; undo
+        return DiTState(
+            x=tokens,
+            c=self.time(t),
+            angles=rope_angles(grid, self.dims, self.cfg.rope_theta),
+            positions=positions,
+            context=cond.context,
+            shape=tuple(x.shape),
+        )
+
+    def expert(self, i: int, s: DiTState) -> DiTState:
+        return replace(s, x=self.experts[i](s.x, s.c, s.angles, s.context))
+
+    def output(self, s: DiTState) -> Tensor:
+        unpatchify = unpatchify_video if self.modality == "video" else unpatchify_audio
+        return unpatchify(self.final(s.x, s.c), s.shape, self.cfg)
+
+    def velocity(self, raw: Tensor, x: Tensor, t: Tensor) -> Tensor:
+        return raw
+
+    def time_embedding(self, s: DiTState) -> Tensor:
+        return s.c
+
+    def to_tokens(self, s: DiTState) -> tuple[Tensor, Tensor]:
+        return s.x, s.positions
+
+    def from_tokens(self, s: DiTState, tokens: Tensor) -> DiTState:
+        return replace(s, x=tokens)
