@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from jointdit.codecs import Codec, CodecConfig, build_codec
 from jointdit.conditioning import ConditioningConfig, conditioning_dims
 from jointdit.config import from_dict
 from jointdit.data.media import Clip, read_windows
+from jointdit.model.joint import BackboneModelConfig, model_config_from_dict
 from jointdit.model.jointdit import JointDiTConfig
 
 RAW = Path("data/raw")
@@ -27,9 +29,21 @@ REPORTS = Path("reports")
 PLOTS = REPORTS / "plots"
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """YAML with YAML 1.2's floats: PyYAML (YAML 1.1) reads `2e-05` as a string, and DVC
+    writes small floats that way (`dvc exp run -S stage_b.lr=0.00002`), as people do."""
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def load_params(path: Path = Path("params.yaml")) -> dict[str, Any]:
     with open(path) as f:
-        return yaml.safe_load(f)
+        return yaml.load(f, Loader=ParamsLoader)
 
 
 def get_logger() -> logging.Logger:
@@ -177,19 +191,36 @@ def conditioning_from(params: dict[str, Any]) -> ConditioningConfig:
     return from_dict(ConditioningConfig, params.get("conditioning"), "conditioning")
 
 
-def model_config(params: dict[str, Any], codec: Codec) -> JointDiTConfig:
-    """params.model plus the sizes that follow from the codec, the clip and the conditioning."""
+def model_config(
+    params: dict[str, Any], codec: Codec
+) -> JointDiTConfig | BackboneModelConfig:
+    """params.model (`kind: dit`, our JointDiT, or `kind: backbones`, the pretrained UNets)
+    plus what follows from the codec, the clip and the conditioning."""
     text_dim, image_dim = conditioning_dims(conditioning_from(params))
+    model = params["model"]
+    context = {"text_embed_dim": text_dim, "image_embed_dim": image_dim}
+    latents = {"audio_channels": codec.audio_channels, "audio_bins": codec.audio_bins}
+    if model.get("kind", "dit") == "backbones":
+        b = model.get("backbones") or {}
+        section = {
+            **b,
+            **context,
+            **latents,
+            # the context is the same in both kinds: what `cache` encoded
+            "text_vocab": model["text_vocab"],
+            "text_len": model["text_len"],
+            "svd": {**b.get("svd", {}), "video_fps": params["clip"]["fps"]},
+            "audioldm": {**b.get("audioldm", {}), "audio_frame_rate": codec.audio_frame_rate},
+        }
+        return model_config_from_dict({"kind": "backbones", "backbones": section})
     derived = {
-        "text_embed_dim": text_dim,
-        "image_embed_dim": image_dim,
+        **context,
+        **latents,
         "video_channels": codec.video_channels,
-        "audio_channels": codec.audio_channels,
-        "audio_bins": codec.audio_bins,
         "video_fps": params["clip"]["fps"],
         "audio_frame_rate": codec.audio_frame_rate,
     }
-    return from_dict(JointDiTConfig, {**params["model"], **derived}, "model")
+    return model_config_from_dict({**model, **derived})
 
 
 def read_normalised(

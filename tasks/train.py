@@ -27,6 +27,7 @@ from jointdit.config import from_dict
 from jointdit.data.shards import load_split
 from jointdit.distributed import Place, process_group, under_torchrun
 from jointdit.flow import FlowConfig
+from jointdit.model.joint import JointBackboneModel, build_model
 from jointdit.model.jointdit import JointDiT, count_parameters
 from jointdit.training import TrainConfig, train, validation_loss
 from jointdit.viz import loss_curve
@@ -52,11 +53,14 @@ STARTS_FROM = {"experts": None, "stage_a": "experts", "stage_b": "stage_a"}
 RESUME = MODELS / ".resume"
 
 
-def initial_model(params: dict[str, Any], stage: str) -> JointDiT:
+def initial_model(params: dict[str, Any], stage: str) -> JointDiT | JointBackboneModel:
+    """The stage's starting model: its parent stage's checkpoint, or for `experts` a fresh
+    JointDiT (whose experts that stage fits) or the joint model on the pretrained UNets (whose
+    experts are given: set experts.steps to 0 to take them as they are)."""
     parent = STARTS_FROM[stage]
     if parent is None:
         torch.manual_seed(params["seed"])
-        return JointDiT(model_config(params, codec_from(params)))
+        return build_model(model_config(params, codec_from(params)))
     model, _ = load_checkpoint(MODELS / parent)
     return model
 

@@ -36,6 +36,7 @@ from jointdit.model.jointdit import (
     JointDiTConfig,
     JointLayer,
     TextEmbedder,
+    TextProjection,
     context_tokens,
 )
 from jointdit.model.rope import axis_dims, rope_angles
@@ -55,6 +56,7 @@ class BackboneModelConfig:
     context_dim: int = 512
     text_vocab: int = 1024  # 0: no text context
     text_len: int = 12
+    text_embed_dim: int = 0  # > 0: text arrives as (B, text_len, D) features (e.g. CLIP's)
     image_embed_dim: int = 0  # > 0: a (B, D) image embedding (e.g. CLIP) is a context token
     audio_channels: int = 8  # audio latent (B, Ca, F, L), as the codec gives it
     audio_bins: int = 16
@@ -74,7 +76,7 @@ class BackboneModelConfig:
 class ContextEmbedder(nn.Module):
     """Context tokens [text; image] from text ids and an image embedding (or None)."""
 
-    def __init__(self, text: TextEmbedder | None, image_embed: nn.Linear | None):
+    def __init__(self, text: nn.Module | None, image_embed: nn.Linear | None):
         super().__init__()
         self.text = text
         self.image_embed = image_embed
@@ -129,9 +131,11 @@ class JointBackboneModel(nn.Module):
         cls, cfg: BackboneModelConfig, video: Backbone, audio: Backbone
     ) -> JointBackboneModel:
         pairs = resolve_pairs(video, audio, cfg.pairs)
-        text = TextEmbedder(cfg.text_vocab, cfg.text_len, cfg.context_dim) if (
-            cfg.text_vocab
-        ) else None
+        text: nn.Module | None = None
+        if cfg.text_embed_dim:
+            text = TextProjection(cfg.text_embed_dim, cfg.text_len, cfg.context_dim)
+        elif cfg.text_vocab:
+            text = TextEmbedder(cfg.text_vocab, cfg.text_len, cfg.context_dim)
         image = nn.Linear(cfg.image_embed_dim, cfg.context_dim) if cfg.image_embed_dim else None
         layers = []
         for iv, ia in pairs:

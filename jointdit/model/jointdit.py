@@ -379,7 +379,7 @@ class FinalLayer(nn.Module):
 
 
 def context_tokens(
-    text_embedder: TextEmbedder | None,
+    text_embedder: nn.Module | None,
     image_embedder: nn.Linear | None,
     text: Tensor | None,
     image_embedding: Tensor | None,
