@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 
@@ -35,11 +36,10 @@ def main(argv: list[str] | None = None) -> None:
 
         profile = load_profile(args.name)
         overlay(load_params(), profile)  # a key params.yaml lacks fails here, before DVC runs
-        cmd = [sys.executable, "-m", "dvc", "exp", "run", "--name", args.name]
-        cmd += set_params_args(profile)
-        print(" ".join(cmd[1:]))
+        dvc_args = ["exp", "run", "--name", args.name, *set_params_args(profile)]
+        print(shlex.join(["dvc", *dvc_args]))  # to copy, edit (e.g. paths) and run
         if args.run:
-            sys.exit(subprocess.run(cmd).returncode)
+            sys.exit(subprocess.run([sys.executable, "-m", "dvc", *dvc_args]).returncode)
     elif args.command == "sample":
         from flows.sample import sample
 

@@ -1,0 +1,80 @@
+"""Params profiles: what DVC writes from a profile is the overlay, and the gpu profile is the
+paper's configuration."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from dvc.utils.hydra import apply_overrides
+
+from flows.cli import main
+from jointdit.conditioning import conditioning_dims
+from jointdit.config import from_dict
+from jointdit.model.joint import BackboneModelConfig
+from jointdit.training import TrainConfig
+from tasks.common import codec_config, conditioning_from, load_params, model_config
+from tasks.profiles import load_profile, overlay, set_params_args
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_dvc_writes_the_overlay_of_the_gpu_profile(tmp_path):
+    """`dvc exp run -S` applies the arguments with this DVC function; read back as the stages
+    read params, the result is the overlay (floats such as 2e-05 included)."""
+    params, profile = load_params(REPO / "params.yaml"), load_profile("gpu", REPO / "profiles")
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    args = set_params_args(profile)
+    assert args[::2] == ["-S"] * (len(args) // 2)
+    apply_overrides(str(tmp_path / "params.yaml"), args[1::2])
+    assert load_params(tmp_path / "params.yaml") == overlay(params, profile)
+
+
+def test_overlay_sets_leaves_and_refuses_unknown_sections():
+    params = {"a": {"b": 1, "c": {"d": 2, "e": 3}}, "f": 4}
+    out = overlay(params, {"a": {"c": {"d": 5}, "new": 6}})
+    assert out == {"a": {"b": 1, "c": {"d": 5, "e": 3}, "new": 6}, "f": 4}
+    assert params["a"]["c"]["d"] == 2  # the input is left alone
+    with pytest.raises(KeyError, match="section typo"):
+        overlay(params, {"typo": {"x": 1}})
+    with pytest.raises(FileNotFoundError, match="profiles: \\['gpu'\\]"):
+        load_profile("nope", REPO / "profiles")
+
+
+def test_gpu_profile_is_the_paper_scale_pretrained_system():
+    params = overlay(load_params(REPO / "params.yaml"), load_profile("gpu", REPO / "profiles"))
+    clip = params["clip"]
+    assert (clip["width"], clip["height"], clip["sample_rate"]) == (576, 320, 16000)
+    assert clip["duration_s"] * clip["fps"] == 14 and clip["fps"] == 7
+
+    codec = codec_config(params)
+    assert (codec.video, codec.audio) == ("svd", "audioldm2")
+    assert codec.svd.path and codec.audioldm2.path
+    conditioning = conditioning_from(params)
+    assert (conditioning.encoder, conditioning.clip_model) == ("clip", "ViT-B-16")
+    assert conditioning_dims(conditioning) == (512, 512)
+
+    # the sizes a loaded svd + audioldm2 codec pair reports at 16 kHz (hop 160, VAE /4)
+    latents = SimpleNamespace(audio_channels=8, audio_bins=16, audio_frame_rate=25.0)
+    cfg = model_config(params, latents)
+    assert isinstance(cfg, BackboneModelConfig)
+    assert (cfg.text_embed_dim, cfg.image_embed_dim, cfg.text_len) == (512, 512, 77)
+    assert (cfg.audio_channels, cfg.audio_bins) == (8, 16)
+    assert cfg.svd.video_fps == 7 and cfg.audioldm.audio_frame_rate == 25
+    assert cfg.svd.path == params["model"]["backbones"]["svd"]["path"]
+    for stage in ("experts", "stage_a", "stage_b"):
+        train = from_dict(TrainConfig, params[stage], stage)  # every key a TrainConfig field
+        assert stage == "experts" or (train.bf16 and train.grad_checkpointing)
+    assert params["experts"]["steps"] == 0  # the pretrained UNets are the experts
+
+
+def test_cli_prints_the_experiment_command(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    main(["profile", "gpu"])
+    printed = shlex.split(capsys.readouterr().out)
+    assert printed[:5] == ["dvc", "exp", "run", "--name", "gpu"]
+    # the shell quoting round-trips: the arguments are the ones DVC gets with --run
+    assert printed[5:] == set_params_args(load_profile("gpu", REPO / "profiles"))
