@@ -27,38 +27,8 @@ from jointdit.model.joint import (
 from jointdit.model.jointdit import JointDiT, JointDiTConfig
 from jointdit.training import TrainConfig, train
 from tests.conftest import TINY, randomize, tiny_inputs
+from tests.pretrained_fixtures import AUDIOLDM_TINY, SCHEDULER, SVD_TINY, snapshot
 
-SVD_TINY = dict(
-    sample_size=None,
-    in_channels=8,
-    out_channels=4,
-    down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
-    up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
-    block_out_channels=(32, 64),
-    addition_time_embed_dim=4,
-    projection_class_embeddings_input_dim=12,
-    layers_per_block=1,
-    cross_attention_dim=16,
-    num_attention_heads=(2, 4),
-    num_frames=3,
-)
-# AudioLDM-like: CLAP embedding through a simple_projection class embedding concatenated to
-# the time embedding, cross-attention dims per block (its pipeline passes no hidden states)
-AUDIOLDM_TINY = dict(
-    sample_size=None,
-    in_channels=8,
-    out_channels=8,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(32, 64),
-    layers_per_block=1,
-    cross_attention_dim=(32, 64),
-    attention_head_dim=8,
-    norm_num_groups=8,
-    class_embed_type="simple_projection",
-    projection_class_embeddings_input_dim=12,
-    class_embeddings_concat=True,
-)
 # a plain text-conditioned UNet2DConditionModel: no class embedding, one cross_attention_dim
 UNET2D_TINY = dict(
     AUDIOLDM_TINY,
@@ -79,28 +49,6 @@ MODEL_CFG = BackboneModelConfig(
     audio_channels=8,
     audio_bins=4,
 )
-SCHEDULER = {
-    "_class_name": "DDIMScheduler",
-    "num_train_timesteps": 1000,
-    "beta_start": 0.0015,
-    "beta_end": 0.0195,
-    "beta_schedule": "scaled_linear",
-    "prediction_type": "epsilon",
-}
-
-
-def snapshot(root, cls, config, seed=0, scheduler=None):
-    """A random model of `cls` saved in the Hugging Face snapshot layout (unet/...)."""
-    torch.manual_seed(seed)
-    model = cls(**config)
-    randomize(model, seed)  # zero-initialised diffusers layers would hide mistakes
-    model.save_pretrained(root / "unet")
-    if scheduler:
-        (root / "scheduler").mkdir()
-        (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
-    return root
-
-
 @pytest.fixture(scope="module")
 def snapshots(tmp_path_factory):
     root = tmp_path_factory.mktemp("backbones")

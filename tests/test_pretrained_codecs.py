@@ -25,48 +25,21 @@ from jointdit.codecs.audioldm2 import (
 )
 from jointdit.codecs.svd import SVDCodecConfig, SVDVideoCodec
 from tasks.common import codec_from, load_params
+from tests.pretrained_fixtures import SR, audio_vae, save_svd_vae, save_vocoder
 
 SVD_SCALE = 0.25  # not the default 0.18215: a missed or doubled scaling shows
 AUDIO_SCALE = 0.5
-SR = 16000
 
 
 @pytest.fixture(scope="module")
 def snapshots(tmp_path_factory):
     """Tiny random SVD and AudioLDM2 snapshots: {name: directory}."""
     root = tmp_path_factory.mktemp("snapshots")
-    torch.manual_seed(0)
-    # GroupNorm in the temporal decoder has 32 groups: 32 channels is the smallest width
-    AutoencoderKLTemporalDecoder(
-        block_out_channels=(32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        latent_channels=4,
-        scaling_factor=SVD_SCALE,
-    ).save_pretrained(root / "svd" / "vae")
-    vae = AutoencoderKL(
-        in_channels=1,
-        out_channels=1,
-        latent_channels=8,
-        block_out_channels=(32, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        scaling_factor=AUDIO_SCALE,
-    )
+    save_svd_vae(root / "svd" / "vae", SVD_SCALE)
+    vae = audio_vae(AUDIO_SCALE)
     vae.save_pretrained(root / "audioldm2" / "vae")
     vae.save_pretrained(root / "bare_vae")  # a VAE directory on its own: no vocoder
-    # AudioLDM2's upsampling (5, 4, 2, 2, 2) = the 160-sample hop; its kernels overshoot by one
-    # sample per frame-ish, as the real one's (16, 16, 8, 4, 4) do
-    vocoder = SpeechT5HifiGanConfig(
-        model_in_dim=64,
-        sampling_rate=SR,
-        upsample_initial_channel=64,
-        upsample_rates=[5, 4, 2, 2, 2],
-        upsample_kernel_sizes=[10, 8, 4, 4, 4],
-        resblock_kernel_sizes=[3],
-        resblock_dilation_sizes=[[1]],
-        normalize_before=False,
-    )
-    SpeechT5HifiGan(vocoder).save_pretrained(root / "audioldm2" / "vocoder")
+    save_vocoder(root / "audioldm2" / "vocoder")
     (root / "audioldm2" / "model_index.json").write_text('{"_class_name": "AudioLDM2Pipeline"}')
     return {
         "svd": root / "svd",

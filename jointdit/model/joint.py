@@ -126,6 +126,12 @@ class JointBackboneModel(nn.Module):
         self.rope_time_scale, self.rope_theta = rope
         self.grad_checkpointing = False
 
+    @property
+    def text(self) -> nn.Module | None:
+        """The text embedder, or None without text context: as JointDiT.text, which callers
+        read to know whether the model takes text (the served model does)."""
+        return self.context.text
+
     @classmethod
     def from_backbones(
         cls, cfg: BackboneModelConfig, video: Backbone, audio: Backbone
