@@ -177,12 +177,12 @@ def test_two_register_runs_at_once_keep_the_aliases_consistent(tmp_path, attempt
     assert sum("first version" in d for d in decisions) == 1, decisions
 
     client = MlflowClient(tracking)
-    versions = {v.version for v in client.search_model_versions("name='jointdit'")}
-    assert versions == {"1", "2"}
-    champion = client.get_model_version_by_alias("jointdit", "champion").version
-    candidate = client.get_model_version_by_alias("jointdit", "candidate").version
+    versions = {int(v.version) for v in client.search_model_versions("name='jointdit'")}
+    assert versions == {1, 2}
+    champion = int(client.get_model_version_by_alias("jointdit", "champion").version)
+    candidate = int(client.get_model_version_by_alias("jointdit", "candidate").version)
     registry = json.loads((ws / "reports/registry.json").read_text())
-    assert (str(registry["champion"]), str(registry["candidate"])) == (champion, candidate)
+    assert (registry["champion"], registry["candidate"]) == (champion, candidate)
     assert registry["version"] == registry["candidate"]
 
 
