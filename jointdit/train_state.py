@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from jointdit.data.manifest import sha256_file
 from jointdit.data.media import atomic_path
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def save_state(
     try:
         with atomic_path(weights) as tmp:
             save_file(tensors, str(tmp))
-            meta["sha256"] = {"tensors": _file_digest(tmp)}
+            meta["sha256"] = {"tensors": sha256_file(tmp)}
         written = True
         meta["sha256"]["state"] = _state_digest(meta)
         with atomic_path(state) as tmp:
@@ -174,11 +175,6 @@ def restore_state(
         raise ValueError(f"{weights} / {state.name}: damaged resume checkpoint ({e})") from e
 
 
-def _file_digest(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _state_digest(meta: dict[str, Any]) -> str:
     """SHA-256 of the JSON content other than its own digest."""
     content = {**meta, "sha256": {"tensors": meta["sha256"]["tensors"]}}
@@ -189,10 +185,12 @@ def _verify(weights: Path, state: Path, meta: dict[str, Any]) -> None:
     """Refuse a checkpoint whose files are not the ones its run wrote."""
     try:
         digests = meta["sha256"]
-        if digests["state"] != _state_digest(meta):
-            raise ValueError(f"{state}: edited or damaged after it was written (its SHA-256 differs)")
-        if digests["tensors"] != _file_digest(weights):
-            raise ValueError(f"{weights}: edited or damaged after it was written (its SHA-256 differs)")
+        for path, ok in (
+            (state, digests["state"] == _state_digest(meta)),
+            (weights, digests["tensors"] == sha256_file(weights)),
+        ):
+            if not ok:
+                raise ValueError(f"{path}: edited or damaged since it was written (SHA-256)")
     except (KeyError, TypeError) as e:
         raise ValueError(f"{state}: no checksums, not a checkpoint this code wrote") from e
 

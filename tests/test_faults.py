@@ -22,12 +22,15 @@ import torch
 import yaml
 from mlflow import MlflowClient
 from prefect import flow
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from flows.pipeline import run_stage
+from jointdit.checkpoint import load_checkpoint, save_checkpoint
 from jointdit.data.manifest import ValidatedManifest, write_manifest
 from jointdit.data.shards import shard_clips
+from jointdit.model.jointdit import JointDiT
 from tasks.common import load_params
+from tests.conftest import TINY, randomize
 from tests.servers import REPO, child_env, register_cmd, register_env, tiny_workspace
 from tests.test_resume import CFG, Stop, _assert_same_model, _run
 from tests.test_windows import make_raw
@@ -231,3 +234,32 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(
     model, _ = _run(tmp_path, cfg, log=lambda step, rec: logged.append(step))
     assert logged == [4, 5, 6]  # resumed from step 3
     _assert_same_model(model, unbroken)
+
+
+# -- a model checkpoint edited by hand --------------------------------------------------------
+
+
+def test_hand_edited_model_checkpoints_are_refused(tmp_path):
+    """Well-formed edits (other numbers, another setting) are caught by the checksums."""
+    model = randomize(JointDiT(TINY))
+    for case in ("weights", "config"):
+        d = tmp_path / case
+        save_checkpoint(d, model, {"stage": "b"})
+        torch.testing.assert_close(load_checkpoint(d)[0].state_dict(), model.state_dict())
+        if case == "weights":
+            tensors = load_file(d / "model.safetensors")
+            tensors["video_output.linear.bias"] += 1e-3
+            save_file(tensors, d / "model.safetensors")
+        else:  # same shapes, another computation
+            config = json.loads((d / "config.json").read_text())
+            config["model"]["heads"] = 1
+            (d / "config.json").write_text(json.dumps(config))
+        name = "model.safetensors" if case == "weights" else "config.json"
+        with pytest.raises(ValueError, match=f"{d / name}: edited"):
+            load_checkpoint(d)
+    # a checkpoint from before the checksums still loads
+    save_checkpoint(tmp_path / "old", model)
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    del config["sha256"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    assert load_checkpoint(tmp_path / "old")[1] == {}
