@@ -33,7 +33,14 @@ from tests.test_pipeline_e2e import tiny_params
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+def pg_bin() -> Path:
+    """The newest Debian PostgreSQL's binaries (the version follows the release)."""
+    found = Path("/usr/lib/postgresql").glob("*/bin/initdb")
+    found = sorted(found, key=lambda p: int(p.parts[-3]))
+    if not found:
+        pytest.fail("PostgreSQL is missing (no /usr/lib/postgresql/*/bin/initdb): run .ci/run")
+    return found[-1].parent
 
 
 def free_port() -> int:
@@ -123,8 +130,7 @@ def as_postgres(cmd: list[str]) -> list[str]:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[str]:
     """A PostgreSQL cluster on a free port with an empty database `mlflow`; its URL."""
-    if not (PG_BIN / "initdb").is_file():
-        pytest.fail(f"PostgreSQL is not installed ({PG_BIN}/initdb missing): run .ci/run")
+    bin_dir = pg_bin()
     # not under pytest's private (0700) temp root: the `postgres` user must reach it
     root = Path(tempfile.mkdtemp(prefix="jointdit-pg-"))
     data, log = root / "data", root / "postgres.log"
@@ -134,20 +140,18 @@ def postgres() -> Iterator[str]:
         shutil.chown(root, "postgres")
         shutil.chown(data, "postgres")
     port = free_port()
-    check(as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres",
-                       "-A", "trust", "--no-sync"]), "initdb")  # fmt: skip
-    options = f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off"
-    check(as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log),
-                       "-o", options, "-w", "-t", "60", "start"]), "pg_ctl start", log)  # fmt: skip
+    pg_ctl = [str(bin_dir / "pg_ctl"), "-D", str(data)]
     try:
-        check(as_postgres([str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port),
+        check(as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres",
+                           "-A", "trust", "--no-sync"]), "initdb")  # fmt: skip
+        options = f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off"
+        check(as_postgres([*pg_ctl, "-l", str(log), "-o", options, "-w", "-t", "60", "start"]),
+              "pg_ctl start", log)  # fmt: skip
+        check(as_postgres([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port),
                            "-U", "postgres", "mlflow"]), "createdb", log)  # fmt: skip
         yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
     finally:
-        subprocess.run(
-            as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
-            capture_output=True,
-        )
+        subprocess.run(as_postgres([*pg_ctl, "-m", "fast", "stop"]), capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
 
 
