@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import av
 import mlflow
 import numpy as np
 import pandas as pd
@@ -110,6 +111,9 @@ def test_prefect_worker_runs_the_sample_deployment(prefect_server, tmp_path):
     finally:
         worker.stop()
     video = tmp_path / "outputs" / "drawn_seed2.mp4"
+    with av.open(str(video)) as container:
+        streams = [s.type for s in container.streams]
+    assert sorted(streams) == ["audio", "video"]
     info = probe(video)
     assert info.has_audio and info.fps == TINY_CLIP["fps"]
     assert (info.width, info.height) == (TINY_CLIP["width"], TINY_CLIP["height"])
