@@ -102,7 +102,8 @@ def exclusive(lock: Path) -> Iterator[None]:
     Two register runs at once otherwise race three ways: on a fresh SQLite store both run
     MLflow's schema migrations and one dies; both read "no champion" before either sets it,
     and both promote themselves; and aliases and registry.json end up from different runs.
-    MLflow offers no compare-and-set for aliases, so registrations in one workspace take turns.
+    MLflow offers no compare-and-set for aliases, so registrations in one workspace take turns,
+    from the first MLflow call to the registry.json they write.
     (Registrars on different machines sharing one tracking server would need a lock on the
     server's side; the pipeline registers from one workspace.)
     """
@@ -113,6 +114,12 @@ def exclusive(lock: Path) -> Iterator[None]:
 
 
 def register(params: dict[str, Any]) -> dict[str, Any]:
+    """Register the Stage B model, gate it, write reports/registry.json: one run at a time."""
+    with exclusive(REPORTS / ".register.lock"):
+        return _register(params)
+
+
+def _register(params: dict[str, Any]) -> dict[str, Any]:
     import mlflow
     from mlflow import MlflowClient
 
@@ -131,7 +138,6 @@ def register(params: dict[str, Any]) -> dict[str, Any]:
         "sample": params["sample"],
     }
     with (
-        exclusive(REPORTS / ".register.lock"),
         mlflow_run(params, "register", {"register": cfg}) as run,
         tempfile.TemporaryDirectory() as tmp,
     ):

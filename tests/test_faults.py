@@ -190,8 +190,8 @@ def test_two_register_runs_at_once_keep_the_aliases_consistent(tmp_path, fresh_s
     champion = int(client.get_model_version_by_alias("jointdit", "champion").version)
     candidate = int(client.get_model_version_by_alias("jointdit", "candidate").version)
     registry = json.loads((ws / "reports/registry.json").read_text())
-    assert (registry["champion"], registry["candidate"]) == (champion, candidate)
-    assert registry["version"] == registry["candidate"]
+    assert (registry["champion"], registry["candidate"]) == (champion, candidate) == (1, 2)
+    assert registry["version"] == 2 and not registry["promoted"]  # the later run's record
 
 
 # -- a full disk under a checkpoint -----------------------------------------------------------
