@@ -41,7 +41,9 @@ def drawn_image(path):
     return path
 
 
-def test_mlflow_on_postgres_registers_and_serves_a_model(mlflow_server, postgres, tmp_path):
+def test_mlflow_on_postgres_registers_and_serves_a_model(
+    mlflow_server, postgres, tmp_path, monkeypatch
+):
     started = time.monotonic()
     ws = tiny_workspace(tmp_path / "ws")
     check(register_cmd(), "register", cwd=ws, env=register_env(mlflow_server))
@@ -58,12 +60,15 @@ def test_mlflow_on_postgres_registers_and_serves_a_model(mlflow_server, postgres
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     version = client.get_model_version_by_alias("jointdit", "champion")
     assert version.version == "1" and version.tags["av_align"] == "0.500000"
-    previous = mlflow.get_tracking_uri()
+    # set_tracking_uri also exports $MLFLOW_TRACKING_URI (for subprocesses): setenv first, so
+    # that monkeypatch puts the variable back as it was and later tests' steps log where
+    # they mean to
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     mlflow.set_tracking_uri(mlflow_server)
     try:
         model = mlflow.pyfunc.load_model("models:/jointdit@champion")
     finally:
-        mlflow.set_tracking_uri(previous)
+        mlflow.set_tracking_uri(None)
     image = drawn_image(tmp_path / "drawn.png")
     out = model.predict(pd.DataFrame([{"image": str(image), "seed": 1, "steps": 2}]))[0]
     n_frames = round(TINY_CLIP["duration_s"] * TINY_CLIP["fps"])
