@@ -1,5 +1,6 @@
 """Faults production sees, each on the real code path: a cache step SIGKILLed mid-write, a
-pipeline stage failing once, two registrations at once, a full disk under a checkpoint.
+pipeline stage failing once, two registrations at once, a full disk under a checkpoint, a
+model checkpoint edited by hand (resume checkpoints: tests/test_resume.py).
 
 (A training run SIGKILLed and resumed: tests/test_resume.py.)
 """
