@@ -4,10 +4,15 @@ Two kinds: our JointDiT (config.json {"model", "meta"}, unchanged), and the join
 pretrained backbones (config.json {"kind": "backbones", "model", "unets", "schedule", "meta"}:
 the joint config, both UNets' diffusers configs and the audio backbone's DDPM schedule, so the
 checkpoint rebuilds without the pretrained snapshot directories).
+
+The config holds the SHA-256 of the weights and of its own content, so a checkpoint edited by
+hand is refused rather than served as the model a run trained. Checkpoints written before the
+checksums (no `sha256` key; models registered then) still load.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,6 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from jointdit.config import from_dict
+from jointdit.data.manifest import sha256_file
 from jointdit.model.jointdit import JointDiT, JointDiTConfig
 from jointdit.weights import load_weights
 
@@ -62,10 +68,18 @@ def save_checkpoint(
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     tmp = directory / (WEIGHTS + ".tmp")
     save_file(state, str(tmp))
+    config["sha256"] = {"weights": sha256_file(tmp)}
+    config["sha256"]["config"] = _config_digest(config)
     os.replace(tmp, directory / WEIGHTS)
     tmp = directory / (CONFIG + ".tmp")
     tmp.write_text(json.dumps(config, indent=2))
     os.replace(tmp, directory / CONFIG)
+
+
+def _config_digest(config: dict[str, Any]) -> str:
+    """SHA-256 of the config other than its own digest."""
+    content = {**config, "sha256": {"weights": config["sha256"].get("weights")}}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def _unet(config: dict, where: str, dtype: torch.dtype) -> ModelMixin:
@@ -107,5 +121,13 @@ def load_checkpoint(directory: Path) -> tuple[JointDiT | JointBackboneModel, dic
         model = _backbone_model(config, where)
     else:
         raise ValueError(f"{where}: unknown checkpoint kind {kind!r}")
-    load_weights(model, directory / WEIGHTS)
+    load_weights(model, directory / WEIGHTS)  # first: its errors say what does not fit
+    digests = config.get("sha256")
+    if digests is not None:
+        if digests.get("config") != _config_digest(config):
+            raise ValueError(f"{where}: edited after it was written (SHA-256 differs)")
+        if digests.get("weights") != sha256_file(directory / WEIGHTS):
+            raise ValueError(
+                f"{directory / WEIGHTS}: edited or damaged after it was written (SHA-256 differs)"
+            )
     return model.eval(), config["meta"]

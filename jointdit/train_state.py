@@ -8,6 +8,8 @@ The learning-rate schedule is a function of the step, so the step is its whole s
 Each checkpoint is two files, `step-<n>.safetensors` then `step-<n>.json`, each written to a
 temporary name, synced and renamed: the JSON is written last, so a checkpoint counts as
 complete once its JSON exists, and a run killed mid-write leaves only a hidden temporary file.
+The JSON holds the SHA-256 of the tensor file and of its own content: a file edited by hand
+(still well-formed, other numbers) is refused instead of resumed as if a run had produced it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from jointdit.data.manifest import sha256_file
 from jointdit.data.media import atomic_path
 
 log = logging.getLogger(__name__)
@@ -98,10 +101,26 @@ def save_state(
         "history": history,
     }
     weights, state = _paths(directory, step)
-    with atomic_path(weights) as tmp:
-        save_file(tensors, str(tmp))
-    with atomic_path(state) as tmp:
-        tmp.write_text(json.dumps(meta))
+    written = False
+    try:
+        with atomic_path(weights) as tmp:
+            save_file(tensors, str(tmp))
+            meta["sha256"] = {"tensors": sha256_file(tmp)}
+        written = True
+        meta["sha256"]["state"] = _state_digest(meta)
+        with atomic_path(state) as tmp:
+            tmp.write_text(json.dumps(meta))
+    except OSError as e:
+        # A full disk or a lost mount: the step's files are gone (incomplete ones are never
+        # resumed) and the newest complete checkpoint stays as it was.
+        if written:
+            weights.unlink()
+        kept = _complete_steps(directory)
+        raise OSError(
+            e.errno,
+            f"{state}: checkpoint of step {step} not written ({e.strerror or e}); "
+            + (f"step {kept[0]} is still the newest checkpoint" if kept else "none is kept"),
+        ) from e
     for old in _complete_steps(directory)[max(keep, 1) :]:
         # the JSON first: a checkpoint without it is incomplete, never half-loaded
         for path in reversed(_paths(directory, old)):
@@ -118,9 +137,9 @@ def restore_state(
 ) -> tuple[int, list[dict[str, float]]] | None:
     """Load the newest complete checkpoint into the objects given: (step, history), or None.
 
-    A checkpoint of another run (different `key`) is deleted, not resumed. A damaged one
-    (unreadable JSON or safetensors, wrong names or shapes) is a ValueError naming the file:
-    guessing past it could resume from a state no run ever had.
+    A checkpoint of another run (different `key`) is deleted, not resumed. A damaged or edited
+    one (unreadable JSON or safetensors, checksums that differ, wrong names or shapes) is a
+    ValueError naming the file: guessing past it could resume from a state no run ever had.
     """
     if not directory.is_dir():
         return None
@@ -142,6 +161,7 @@ def restore_state(
         for path in directory.glob(f"{PREFIX}*"):
             path.unlink()
         return None
+    _verify(weights, state, meta)
     try:
         tensors = load_file(str(weights))
         _load_tensors(tensors, model, ema, optimizer)
@@ -153,6 +173,26 @@ def restore_state(
         return int(meta["step"]), list(meta["history"])
     except (SafetensorError, ValueError, KeyError, TypeError, RuntimeError) as e:
         raise ValueError(f"{weights} / {state.name}: damaged resume checkpoint ({e})") from e
+
+
+def _state_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of the JSON content other than its own digest."""
+    content = {**meta, "sha256": {"tensors": meta["sha256"]["tensors"]}}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _verify(weights: Path, state: Path, meta: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose files are not the ones its run wrote."""
+    try:
+        digests = meta["sha256"]
+        for path, ok in (
+            (state, digests["state"] == _state_digest(meta)),
+            (weights, digests["tensors"] == sha256_file(weights)),
+        ):
+            if not ok:
+                raise ValueError(f"{path}: edited or damaged since it was written (SHA-256)")
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{state}: no checksums, not a checkpoint this code wrote") from e
 
 
 def _optimizer_slots(tensors: dict[str, Tensor]) -> dict[int, dict[str, Tensor]]:

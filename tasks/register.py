@@ -7,9 +7,12 @@ carries its row as tags, so a later candidate is compared with the champion's ow
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,7 +114,31 @@ def pip_requirements() -> list[str]:
     return [f"{n}=={version(n)}" for n in names]
 
 
+@contextlib.contextmanager
+def exclusive(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file `lock` (created if missing) for the block.
+
+    Two register runs at once otherwise race three ways: on a fresh SQLite store both run
+    MLflow's schema migrations and one dies; both read "no champion" before either sets it,
+    and both promote themselves; and aliases and registry.json end up from different runs.
+    MLflow offers no compare-and-set for aliases, so registrations in one workspace take turns,
+    from the first MLflow call to the registry.json they write.
+    (Registrars on different machines sharing one tracking server would need a lock on the
+    server's side; the pipeline registers from one workspace.)
+    """
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed, or the process dies
+        yield
+
+
 def register(params: dict[str, Any]) -> dict[str, Any]:
+    """Register the Stage B model, gate it, write reports/registry.json: one run at a time."""
+    with exclusive(REPORTS / ".register.lock"):
+        return _register(params)
+
+
+def _register(params: dict[str, Any]) -> dict[str, Any]:
     import mlflow
     from mlflow import MlflowClient
 

@@ -9,6 +9,9 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 from jointdit.model.jointdit import JointDiT, JointDiTConfig
 
+# the real-server fixtures (a plugin of test_servers and test_faults) assert too
+pytest.register_assert_rewrite("tests.servers")
+
 # Tiny models gain nothing from threads, and spinning OpenMP threads on a busy 2-core machine
 # slow every step tenfold.
 torch.set_num_threads(1)

@@ -7,6 +7,7 @@ test: it trains the tiny model with checkpoints and writes the final weights to 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -109,7 +110,8 @@ def test_hand_edited_checkpoints_are_refused(tmp_path):
     cfg = dataclasses.replace(CFG, steps=3, ema_decay=0.0)
     _run(tmp_path / "ok", cfg)
     src = tmp_path / "ok"
-    for case in ("header", "shape", "json"):
+    # broken files, and well-formed ones with other numbers (caught by the checksums)
+    for case in ("header", "shape", "json", "tensor value", "json value"):
         d = tmp_path / case
         d.mkdir()
         for p in src.iterdir():
@@ -122,11 +124,21 @@ def test_hand_edited_checkpoints_are_refused(tmp_path):
             key = next(k for k in tensors if k.startswith("optim/") and tensors[k].dim() == 2)
             tensors[key] = torch.zeros(3, 3)
             save_file(tensors, weights)
+        elif case == "tensor value":
+            tensors = load_file(weights)
+            tensors["model/video_output.linear.bias"] += 1e-3
+            save_file(tensors, weights)
+        elif case == "json value":
+            meta = json.loads(state.read_text())
+            meta["param_groups"][0]["lr"] *= 10
+            state.write_text(json.dumps(meta))
         else:
             state.write_text(state.read_text()[:-20])
         with pytest.raises(ValueError, match="step-00000003") as err:
             _run(d, cfg)
         assert ("not a readable" if case == "json" else "damaged") in str(err.value)
+        if case.endswith("value"):
+            assert "edited" in str(err.value)
 
 
 def test_leftover_temporary_file_is_ignored_and_removed(tmp_path, unbroken):

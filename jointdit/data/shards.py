@@ -72,10 +72,12 @@ def write_shard(
 
 
 def write_index(out_dir: Path, index: dict) -> None:
-    """Write the index, then delete shards it does not list.
+    """Write the index, then delete shards it does not list and leftover temporary files.
 
     The cache directory survives between runs (so a killed run resumes), which leaves shards of
-    an earlier, larger configuration behind; once the new index is in place they are garbage.
+    an earlier, larger configuration behind, and the hidden temporary file of a write that a
+    SIGKILL interrupted; once the new index is in place they are garbage, and they must go: the
+    directory is a DVC output, hashed file by file.
     """
     with atomic_path(out_dir / INDEX) as tmp:
         tmp.write_text(json.dumps(index, indent=2))
@@ -83,6 +85,8 @@ def write_index(out_dir: Path, index: dict) -> None:
     for stale in out_dir.glob("*.safetensors"):
         if stale.name not in listed:
             stale.unlink()
+    for part in out_dir.glob(".*.part"):
+        part.unlink()
 
 
 def build_shards(
