@@ -110,3 +110,19 @@ def tiny_clip(tmp_path_factory):
     (snapshot / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP}))
     save_file(state, str(snapshot / "open_clip_model.safetensors"))
     return model, root
+
+
+@pytest.fixture
+def restore_tracking_uri():
+    """mlflow_run sets the process-wide tracking URI, and MLflow copies it into
+    $MLFLOW_TRACKING_URI, which wins in later stage subprocesses: restore both exactly
+    (MLflow's public getter returns a resolved default, not "unset")."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    before, before_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    mlflow.set_tracking_uri(before)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    if before_env is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = before_env

@@ -26,7 +26,6 @@ from jointdit.model.jointdit import JointDiT
 from jointdit.training import TrainConfig, train
 from tasks.train import launch_command, train_stage
 from tests.conftest import TINY, randomize
-from tests.test_infra import restore_tracking_uri  # noqa: F401 (a fixture)
 from tests.test_training import _data
 
 ROOT = Path(__file__).resolve().parents[1]

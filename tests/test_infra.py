@@ -5,7 +5,6 @@ recipe, and the MLflow fail-fast check of tasks/common.py."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import threading
@@ -263,22 +262,6 @@ def test_any_http_answer_counts_as_reachable():
     finally:
         server.shutdown()
         server.server_close()
-
-
-@pytest.fixture
-def restore_tracking_uri():
-    """mlflow_run sets the process-wide tracking URI, and MLflow copies it into
-    $MLFLOW_TRACKING_URI, which wins in later stage subprocesses: restore both exactly
-    (MLflow's public getter returns a resolved default, not "unset")."""
-    import mlflow
-    from mlflow.tracking._tracking_service import utils
-
-    before, before_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
-    yield
-    mlflow.set_tracking_uri(before)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    if before_env is not None:
-        os.environ["MLFLOW_TRACKING_URI"] = before_env
 
 
 def test_local_stores_need_no_server(tmp_path, monkeypatch, restore_tracking_uri):

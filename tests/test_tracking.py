@@ -20,7 +20,6 @@ import yaml
 
 from tasks.common import mlflow_run, provenance_tags
 from tasks.tracking import MetricBuffer
-from tests.test_infra import restore_tracking_uri  # noqa: F401 (a fixture)
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
 
