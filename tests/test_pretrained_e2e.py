@@ -188,7 +188,9 @@ def test_evaluate_and_register_ran_on_the_joint_model(project):
     assert registry["version"] == 1 and registry["candidate"] == 1 and registry["champion"] == 1
 
 
-def test_the_registered_model_serves_an_image_and_a_prompt(project, monkeypatch):
+def test_the_registered_model_serves_an_image_and_a_prompt(
+    project, monkeypatch, restore_tracking_uri
+):
     import mlflow
     import pandas as pd
 
@@ -197,7 +199,9 @@ def test_the_registered_model_serves_an_image_and_a_prompt(project, monkeypatch)
     canvas = np.zeros((40, 40, 3), dtype=np.uint8)
     canvas[5:13, 16:24] = (230, 40, 40)
     Image.fromarray(canvas).save(image)
-    mlflow.set_tracking_uri("sqlite:///mlflow.db")
+    # absolute: MLflow keeps one store per URI string, and another test's project may have
+    # opened a relative "sqlite:///mlflow.db" in this process already
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     served = mlflow.pyfunc.load_model("models:/jointdit@champion")
     rows = pd.DataFrame(
         [{"image": str(image), "prompt": p, "seed": 3} for p in ("a red ball bouncing", "")]
