@@ -94,13 +94,14 @@ def _unet(config: dict, where: str, dtype: torch.dtype) -> ModelMixin:
 
 def _backbone_model(config: dict, where: str) -> JointBackboneModel:
     from jointdit.backbones.timemaps import DDPMSchedule
-    from jointdit.model.joint import BackboneModelConfig, build_from_unets, torch_dtype
+    from jointdit.model.joint import BackboneModelConfig, build_from_unets
+    from jointdit.pretrained import torch_dtype
 
     for key in ("unets", "schedule"):
         if key not in config:
             raise ValueError(f"{where}: backbones checkpoint without {key!r}")
     cfg = from_dict(BackboneModelConfig, config["model"], f"{where}: model")
-    dtype = torch_dtype(cfg.dtype)
+    dtype = torch_dtype(cfg.dtype, f"{where}: model")
     video = _unet(config["unets"]["video"], f"{where}: unets.video", dtype)
     audio = _unet(config["unets"]["audio"], f"{where}: unets.audio", dtype)
     schedule = from_dict(DDPMSchedule, config["schedule"], f"{where}: schedule")

@@ -148,12 +148,14 @@ def test_backbone_velocity_is_the_converted_prediction(snapshots):
 
 
 def test_loader_errors_name_the_path(snapshots, tmp_path):
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(FileNotFoundError, match="nowhere is not a directory"):
         load_unet(tmp_path / "nowhere", "UNet2DConditionModel")
-    with pytest.raises(FileNotFoundError, match=r"unet/config\.json"):
+    with pytest.raises(FileNotFoundError, match=r"unet/config\.json exists"):
         load_unet(tmp_path, "UNet2DConditionModel")
-    with pytest.raises(ValueError, match="is a 'UNet2DConditionModel', expected"):
+    with pytest.raises(ValueError, match="describes a UNet2DConditionModel, not the UNetSpatio"):
         load_unet(snapshots["audioldm"], "UNetSpatioTemporalConditionModel")
+    with pytest.raises(ValueError, match=r"model\.backbones\.path is empty"):
+        load_unet("", "UNet2DConditionModel")
     text_unet = load_unet(snapshots["unet2d"], "UNet2DConditionModel")
     with pytest.raises(ValueError, match="needs encoder_hidden_states"):
         AudioLDMBackbone(text_unet, AudioLDMConfig(), 4, timemaps.DDPMSchedule())

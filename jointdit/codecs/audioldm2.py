@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import torchaudio
 from torch import Tensor
 
-from jointdit.codecs.pretrained import check_class, model_dir, torch_dtype
+from jointdit.pretrained import check_class, load_frozen
 
 SAMPLE_RATE = 16000
 N_FFT = 1024
@@ -81,13 +81,10 @@ class AudioLDM2AudioCodec:
                 f"{where}: the clip sample rate is {sample_rate} Hz, but AudioLDM2's VAE and "
                 f"vocoder work at {SAMPLE_RATE} Hz: set clip.sample_rate to {SAMPLE_RATE}"
             )
-        directory = model_dir(cfg.path, "vae", "AutoencoderKL", where)
-        self.dtype = torch_dtype(cfg.dtype, where)
-        self.device = torch.device(cfg.device)
-        self.vae = AutoencoderKL.from_pretrained(
-            directory, torch_dtype=self.dtype, local_files_only=True
+        self.vae, directory = load_frozen(
+            AutoencoderKL, cfg.path, "vae", cfg.dtype, cfg.device, where
         )
-        self.vae.to(self.device).eval().requires_grad_(False)
+        self.dtype, self.device = self.vae.dtype, self.vae.device
         config = self.vae.config
         self.downsample = 2 ** (len(config.block_out_channels) - 1)
         if config.in_channels != 1 or config.out_channels != 1 or N_MELS % self.downsample:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from jointdit.codecs.patch import to_uint8, to_unit
-from jointdit.codecs.pretrained import model_dir, torch_dtype
+from jointdit.pretrained import load_frozen
 
 
 @dataclass(frozen=True)
@@ -41,13 +41,10 @@ class SVDVideoCodec:
         for key in ("encode_chunk", "decode_chunk"):
             if getattr(cfg, key) < 1:
                 raise ValueError(f"{where}.{key} must be >= 1, got {getattr(cfg, key)}")
-        directory = model_dir(cfg.path, "vae", "AutoencoderKLTemporalDecoder", where)
-        self.dtype = torch_dtype(cfg.dtype, where)
-        self.device = torch.device(cfg.device)
-        self.vae = AutoencoderKLTemporalDecoder.from_pretrained(
-            directory, torch_dtype=self.dtype, local_files_only=True
+        self.vae, directory = load_frozen(
+            AutoencoderKLTemporalDecoder, cfg.path, "vae", cfg.dtype, cfg.device, where
         )
-        self.vae.to(self.device).eval().requires_grad_(False)
+        self.dtype, self.device = self.vae.dtype, self.vae.device
         config = self.vae.config
         if config.in_channels != 3 or config.out_channels != 3:
             raise ValueError(

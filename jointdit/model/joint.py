@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +39,7 @@ from jointdit.model.jointdit import (
     context_tokens,
 )
 from jointdit.model.rope import axis_dims, rope_angles
+from jointdit.pretrained import torch_dtype
 
 
 @dataclass(frozen=True)
@@ -235,15 +235,6 @@ class JointBackboneModel(nn.Module):
         )
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    if name not in _DTYPES:
-        raise ValueError(f"dtype {name!r}: one of {sorted(_DTYPES)}")
-    return _DTYPES[name]
-
-
 def build_from_unets(
     cfg: BackboneModelConfig, video_unet: nn.Module, audio_unet: nn.Module,
     schedule: DDPMSchedule,
@@ -256,10 +247,14 @@ def build_from_unets(
 def load_backbone_model(cfg: BackboneModelConfig) -> tuple[JointBackboneModel, DDPMSchedule]:
     """The joint model on the pretrained UNets of the snapshot directories in cfg, and the
     audio backbone's DDPM schedule (its snapshot's scheduler config, else AudioLDM's)."""
-    dtype = torch_dtype(cfg.dtype)
-    video_unet = load_unet(Path(cfg.svd.path), "UNetSpatioTemporalConditionModel", dtype)
-    audio_unet = load_unet(Path(cfg.audioldm.path), "UNet2DConditionModel", dtype)
-    scheduler = load_scheduler_config(Path(cfg.audioldm.path))
+    dtype = torch_dtype(cfg.dtype, "model.backbones")
+    video_unet = load_unet(
+        cfg.svd.path, "UNetSpatioTemporalConditionModel", dtype, "model.backbones.svd"
+    )
+    audio_unet = load_unet(
+        cfg.audioldm.path, "UNet2DConditionModel", dtype, "model.backbones.audioldm"
+    )
+    scheduler = load_scheduler_config(cfg.audioldm.path)
     schedule = DDPMSchedule.from_scheduler_config(scheduler) if scheduler else DDPMSchedule()
     return build_from_unets(cfg, video_unet, audio_unet, schedule), schedule
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -17,6 +18,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def torch_dtype(name: str, where: str) -> torch.dtype:
+    """The dtype a config names (`where` says which config, in the error)."""
     if name not in DTYPES:
         raise ValueError(f"{where}.dtype {name!r} is not one of {sorted(DTYPES)}")
     return DTYPES[name]
@@ -64,3 +66,15 @@ def model_dir(path: str, subfolder: str, expected: str, where: str) -> Path:
         f"{where}.path {root}: neither {root}/config.json nor {root}/{subfolder}/config.json "
         f"exists; expected a {expected} saved with save_pretrained"
     )
+
+
+def load_frozen(
+    cls: type, path: str, subfolder: str, dtype: str, device: str, where: str
+) -> tuple[Any, Path]:
+    """(model, its directory): a diffusers `cls` from a local snapshot, in `dtype` on `device`,
+    in eval mode with gradients off (the codecs never train)."""
+    directory = model_dir(path, subfolder, cls.__name__, where)
+    model = cls.from_pretrained(
+        directory, torch_dtype=torch_dtype(dtype, where), local_files_only=True
+    )
+    return model.to(torch.device(device)).eval().requires_grad_(False), directory
