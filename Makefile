@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install repro test lint
+.PHONY: install system-deps repro test lint
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,7 +20,15 @@ repro: install
 	dvc repro
 	dvc metrics show
 
-test: install
+# PostgreSQL's binaries, for the MLflow-on-PostgreSQL test (tests/test_servers.py starts its own
+# cluster on a free port; the packaged service is not used): apt, only when missing.
+system-deps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+	  $$sudo apt-get install -y -q --no-install-recommends postgresql; }
+
+test: install system-deps
 	$(PY) -m pytest
 
 lint: install
