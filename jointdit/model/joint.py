@@ -34,9 +34,8 @@ from jointdit.model.jointdit import (
     JointDiT,
     JointDiTConfig,
     JointLayer,
-    TextEmbedder,
-    TextProjection,
     context_tokens,
+    text_embedder,
 )
 from jointdit.model.rope import axis_dims, rope_angles
 from jointdit.pretrained import torch_dtype
@@ -137,11 +136,7 @@ class JointBackboneModel(nn.Module):
         cls, cfg: BackboneModelConfig, video: Backbone, audio: Backbone
     ) -> JointBackboneModel:
         pairs = resolve_pairs(video, audio, cfg.pairs)
-        text: nn.Module | None = None
-        if cfg.text_embed_dim:
-            text = TextProjection(cfg.text_embed_dim, cfg.text_len, cfg.context_dim)
-        elif cfg.text_vocab:
-            text = TextEmbedder(cfg.text_vocab, cfg.text_len, cfg.context_dim)
+        text = text_embedder(cfg.text_embed_dim, cfg.text_vocab, cfg.text_len, cfg.context_dim)
         image = nn.Linear(cfg.image_embed_dim, cfg.context_dim) if cfg.image_embed_dim else None
         layers = []
         for iv, ia in pairs:

@@ -110,6 +110,16 @@ class TextProjection(nn.Module):
         return self.proj(features) + self.position[: features.shape[1]]
 
 
+def text_embedder(embed_dim: int, vocab: int, length: int, dim: int) -> nn.Module | None:
+    """The text half of the context: projected features (embed_dim > 0, e.g. CLIP's tokens),
+    else embedded hashed word ids (vocab > 0), else no text."""
+    if embed_dim:
+        return TextProjection(embed_dim, length, dim)
+    if vocab:
+        return TextEmbedder(vocab, length, dim)
+    return None
+
+
 class VideoInput(nn.Module):
     """Patchify (video ++ image condition) per frame -> tokens, with (t, h, w) positions."""
 
@@ -433,11 +443,7 @@ class JointDiT(nn.Module):
         self.audio_input = AudioInput(cfg)
         self.video_time = TimestepEmbedder(cfg.dim)
         self.audio_time = TimestepEmbedder(cfg.dim)
-        self.text: nn.Module | None = None
-        if cfg.text_embed_dim:
-            self.text = TextProjection(cfg.text_embed_dim, cfg.text_len, cfg.dim)
-        elif cfg.text_vocab:
-            self.text = TextEmbedder(cfg.text_vocab, cfg.text_len, cfg.dim)
+        self.text = text_embedder(cfg.text_embed_dim, cfg.text_vocab, cfg.text_len, cfg.dim)
         self.image_embed = nn.Linear(cfg.image_embed_dim, cfg.dim) if cfg.image_embed_dim else None
         self.blocks = nn.ModuleList(JointBlock(cfg) for _ in range(cfg.depth))
         p = cfg.video_patch
