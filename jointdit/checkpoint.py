@@ -12,7 +12,6 @@ checksums (no `sha256` key; models registered then) still load.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from jointdit.config import from_dict
-from jointdit.data.manifest import sha256_file
+from jointdit.data.manifest import sealed_digest, sha256_file
 from jointdit.model.jointdit import JointDiT, JointDiTConfig
 from jointdit.weights import load_weights
 
@@ -69,17 +68,11 @@ def save_checkpoint(
     tmp = directory / (WEIGHTS + ".tmp")
     save_file(state, str(tmp))
     config["sha256"] = {"weights": sha256_file(tmp)}
-    config["sha256"]["config"] = _config_digest(config)
+    config["sha256"]["config"] = sealed_digest(config, "config")
     os.replace(tmp, directory / WEIGHTS)
     tmp = directory / (CONFIG + ".tmp")
     tmp.write_text(json.dumps(config, indent=2))
     os.replace(tmp, directory / CONFIG)
-
-
-def _config_digest(config: dict[str, Any]) -> str:
-    """SHA-256 of the config other than its own digest."""
-    content = {**config, "sha256": {"weights": config["sha256"].get("weights")}}
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def _unet(config: dict, where: str, dtype: torch.dtype) -> ModelMixin:
@@ -125,7 +118,7 @@ def load_checkpoint(directory: Path) -> tuple[JointDiT | JointBackboneModel, dic
     load_weights(model, directory / WEIGHTS)  # first: its errors say what does not fit
     digests = config.get("sha256")
     if digests is not None:
-        if digests.get("config") != _config_digest(config):
+        if digests.get("config") != sealed_digest(config, "config"):
             raise ValueError(f"{where}: edited after it was written (SHA-256 differs)")
         if digests.get("weights") != sha256_file(directory / WEIGHTS):
             raise ValueError(

@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from jointdit.data.manifest import sha256_file
+from jointdit.data.manifest import sealed_digest, sha256_file
 from jointdit.data.media import atomic_path
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def save_state(
             save_file(tensors, str(tmp))
             meta["sha256"] = {"tensors": sha256_file(tmp)}
         written = True
-        meta["sha256"]["state"] = _state_digest(meta)
+        meta["sha256"]["state"] = sealed_digest(meta, "state")
         with atomic_path(state) as tmp:
             tmp.write_text(json.dumps(meta))
     except OSError as e:
@@ -175,18 +175,12 @@ def restore_state(
         raise ValueError(f"{weights} / {state.name}: damaged resume checkpoint ({e})") from e
 
 
-def _state_digest(meta: dict[str, Any]) -> str:
-    """SHA-256 of the JSON content other than its own digest."""
-    content = {**meta, "sha256": {"tensors": meta["sha256"]["tensors"]}}
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-
-
 def _verify(weights: Path, state: Path, meta: dict[str, Any]) -> None:
     """Refuse a checkpoint whose files are not the ones its run wrote."""
     try:
         digests = meta["sha256"]
         for path, ok in (
-            (state, digests["state"] == _state_digest(meta)),
+            (state, digests["state"] == sealed_digest(meta, "state")),
             (weights, digests["tensors"] == sha256_file(weights)),
         ):
             if not ok:

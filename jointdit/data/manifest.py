@@ -16,6 +16,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pandera.pandas as pa
@@ -70,6 +71,14 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sealed_digest(config: dict[str, Any], own: str) -> str:
+    """SHA-256 of a JSON config less its own digest, `config["sha256"][own]`: stored there, it
+    seals the config and the digests of the files beside it, so a hand edit of either shows."""
+    digests = {k: v for k, v in config["sha256"].items() if k != own}
+    content = {**config, "sha256": digests}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def resolve_inside(root: Path, relative: str) -> Path:
