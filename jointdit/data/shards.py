@@ -55,7 +55,10 @@ def shard_metadata(path: Path) -> dict[str, str] | None:
 
 def shard_clips(path: Path) -> list[dict] | None:
     """The clip list a complete shard holds; None when it is missing, truncated or corrupt."""
-    meta = shard_metadata(path)
+    return _clips(shard_metadata(path))
+
+
+def _clips(meta: dict[str, str] | None) -> list[dict] | None:
     try:
         return None if meta is None else json.loads(meta["clips"])
     except (KeyError, ValueError):
@@ -112,7 +115,7 @@ def build_shards(
         rows = [dict(r) for r in clips[k : k + shard_size]]
         path = out_dir / f"{split}-{k // shard_size:04d}.safetensors"
         meta = shard_metadata(path)
-        if meta is None or meta.get("encoding", "") != encoding or shard_clips(path) != rows:
+        if meta is None or meta.get("encoding", "") != encoding or _clips(meta) != rows:
             items = []
             for _, item in zip(rows, encode(rows), strict=True):
                 items.append(item)
