@@ -32,6 +32,9 @@ if TYPE_CHECKING:  # diffusers takes seconds to import; the default path never n
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+# What a JointDiT checkpoint meant before its config named these choices: velocity prediction,
+# no held first frame, the noisy latent as it is. Keys a config does name win.
+LEGACY_DIT = {"prediction": "v", "hold_first_frame": False, "input_scale": "none"}
 BACKBONES = "backbones"
 
 
@@ -110,7 +113,8 @@ def load_checkpoint(directory: Path) -> tuple[JointDiT | JointBackboneModel, dic
     where = str(directory / CONFIG)
     kind = config.get("kind")
     if kind is None:
-        model = JointDiT(from_dict(JointDiTConfig, config["model"], f"{where}: model"))
+        saved = {**LEGACY_DIT, **config["model"]}
+        model = JointDiT(from_dict(JointDiTConfig, saved, f"{where}: model"))
     elif kind == BACKBONES:
         model = _backbone_model(config, where)
     else:

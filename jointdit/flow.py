@@ -1,7 +1,9 @@
 """Rectified flow: x_t = (1 - t) x_0 + t eps, the model predicts the velocity eps - x_0.
 
 t = 1 is pure noise and t = 0 is data, for video and audio alike; each modality has its own t,
-so one modality can be held clean (t = 0) while the other is generated.
+so one modality can be held clean (t = 0) while the other is generated. A model that holds the
+first frame (JointDiTConfig.hold_first_frame) takes the video's time per frame, (B, T), with
+frame 0 at t = 0: it is the image, given clean, and has no loss.
 """
 
 from __future__ import annotations
@@ -9,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from jointdit.model.jointdit import JointDiT
+from jointdit.model.jointdit import JointDiT, JointDiTConfig
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,10 @@ class FlowConfig:
     # share of samples with one modality held clean (t = 0, no loss on it), so the model also
     # learns video -> audio and audio -> video (the v2a / a2v sampling modes)
     p_hold: float = 0.1
+    # share of samples whose audio time is drawn apart from the video's (UniDiffuser): the
+    # model learns audio at any noise beside video at any other, which a sampler that lets the
+    # audio lag behind the video (SampleConfig.audio_lag) relies on
+    p_independent: float = 0.0
 
 
 @dataclass
@@ -38,17 +44,39 @@ class Batch:
 
 
 def noised(x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-    shape = (-1,) + (1,) * (x0.dim() - 1)
-    return (1 - t.view(shape)) * x0 + t.view(shape) * noise
+    """x_t for t of shape (B,) or, per video frame, (B, T)."""
+    t = t.view(*t.shape, *(1,) * (x0.dim() - t.dim()))
+    return (1 - t) * x0 + t * noise
+
+
+def holds_first_frame(model: nn.Module) -> bool:
+    """Whether the model was built to take frame 0 as the clean image (our DiT with
+    hold_first_frame; the pretrained UNets take one time per clip)."""
+    return isinstance(model.cfg, JointDiTConfig) and model.cfg.hold_first_frame
+
+
+def frame_times(t: Tensor, frames: int, hold_first: bool) -> Tensor:
+    """The video's time: t (B,) as it is, or per frame (B, T) with frame 0 held (t = 0)."""
+    if not hold_first:
+        return t
+    per_frame = t[:, None].repeat(1, frames)
+    per_frame[:, 0] = 0.0
+    return per_frame
 
 
 def sample_t(n: int, cfg: FlowConfig, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """(t_video, t_audio): one shared logit-normal t, with p_hold of samples holding a
-    modality clean (t = 0), video or audio with equal odds."""
+    modality clean (t = 0), video or audio with equal odds, and p_independent of the others
+    drawing the audio's t on its own."""
     t = torch.sigmoid(torch.randn(n, generator=generator) * cfg.logit_normal_std)
     hold = torch.rand(n, generator=generator) < cfg.p_hold
     video_held = torch.rand(n, generator=generator) < 0.5
-    return t.masked_fill(hold & video_held, 0.0), t.masked_fill(hold & ~video_held, 0.0)
+    t_audio = t
+    if cfg.p_independent:  # drawn only when asked: the default keeps its random stream
+        own = torch.sigmoid(torch.randn(n, generator=generator) * cfg.logit_normal_std)
+        apart = torch.rand(n, generator=generator) < cfg.p_independent
+        t_audio = torch.where(apart, own, t)
+    return t.masked_fill(hold & video_held, 0.0), t_audio.masked_fill(hold & ~video_held, 0.0)
 
 
 def drop_conditions(batch: Batch, cfg: FlowConfig, generator: torch.Generator) -> Batch:
@@ -66,9 +94,16 @@ def drop_conditions(batch: Batch, cfg: FlowConfig, generator: torch.Generator) -
     )
 
 
-def _masked_mse(pred: Tensor, target: Tensor, mask: Tensor, count: Tensor | None) -> Tensor:
-    per_sample = (pred - target).square().flatten(1).mean(1)
-    return (per_sample * mask).sum() / (mask.sum() if count is None else count).clamp_min(1)
+def _masked_mse(pred: Tensor, target: Tensor, t: Tensor, count: Tensor | None) -> Tensor:
+    """Mean over the samples with loss of each one's MSE over its frames with t > 0 (t is (B,)
+    or per frame (B, T)); `count` is the number of samples with loss to divide by."""
+    err = (pred - target).square().flatten(t.dim()).mean(-1)
+    mask = (t > 0).float()
+    if t.dim() == 2:
+        frames = mask.sum(1)
+        err = (err * mask).sum(1) / frames.clamp_min(1)
+        mask = (frames > 0).float()
+    return (err * mask).sum() / (mask.sum() if count is None else count).clamp_min(1)
 
 
 def draw_noise(batch: Batch, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -90,7 +125,8 @@ def flow_loss(
     noise: tuple[Tensor, Tensor] | None = None,
     counts: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Velocity MSE at per-modality times (B,); a modality held clean (t = 0) has no loss.
+    """Velocity MSE at per-modality times: t_audio (B,), t_video (B,) or per frame (B, T)
+    (`frame_times`); a modality or frame held clean (t = 0) has no loss.
 
     `noise` (else drawn from `generator`) and `counts`, the (video, audio) numbers of samples
     with loss in the whole batch (else this batch's), let a micro-batch return its share of
@@ -108,7 +144,7 @@ def flow_loss(
         experts_only=experts_only,
         image_embedding=batch.image_embedding,
     )
-    loss_v = _masked_mse(pred_v, noise_v - batch.video, (t_video > 0).float(), count_v)
-    loss_a = _masked_mse(pred_a, noise_a - batch.audio, (t_audio > 0).float(), count_a)
+    loss_v = _masked_mse(pred_v, noise_v - batch.video, t_video, count_v)
+    loss_a = _masked_mse(pred_a, noise_a - batch.audio, t_audio, count_a)
     loss = (loss_v + audio_weight * loss_a) / (1 + audio_weight)
     return loss, {"loss": loss.item(), "loss_video": loss_v.item(), "loss_audio": loss_a.item()}

@@ -2,7 +2,8 @@
 
 Modes (one model, per-modality timesteps): `i2sv` generates both; `v2a` holds a given video
 clean (t_video = 0 throughout) and generates its audio; `a2v` holds a given audio clean and
-generates the video.
+generates the video. A model that holds the first frame (`holds_first_frame`) gets the image as
+its clean frame 0 in every mode, so a sample's first frame is the image latent exactly.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from jointdit.flow import frame_times, holds_first_frame
 from jointdit.guidance import Condition, guidance_weights, guided_velocity
 from jointdit.model.jointdit import JointDiT
 from jointdit.sampling import Latents, sample
@@ -24,6 +26,14 @@ class SampleConfig:
     guidance: str = "jointcfg"
     seed: int = 0
     sampler: str = "euler"  # euler | heun
+    # The audio's noise runs behind the video's: at sampler time t the audio is at
+    # min(1, (1 + audio_lag) t), so a sound forms beside frames that already show their impacts
+    # (the model must have seen such pairs: FlowConfig.p_independent). 0: in step.
+    audio_lag: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.audio_lag < 0:
+            raise ValueError(f"sample.audio_lag must be >= 0, got {self.audio_lag}")
 
 
 @torch.no_grad()
@@ -60,14 +70,22 @@ def generate(
         )
     noise_v, noise_a = torch.stack(noise_v), torch.stack(noise_a)
     hold_v, hold_a = video is not None, audio is not None
+    hold_first = holds_first_frame(model)
+    if hold_first:
+        noise_v[:, 0] = image
     weights = guidance_weights(cfg.guidance)
     cond = Condition(image=image, text=text, image_embedding=image_embedding)
 
     def velocity(x: Latents, t: float) -> Latents:
-        t_v = torch.full((b,), 0.0 if hold_v else t)
-        t_a = torch.full((b,), 0.0 if hold_a else t)
+        lagged = (1 + cfg.audio_lag) * t
+        t_v = frame_times(torch.full((b,), 0.0 if hold_v else t), frames, hold_first)
+        t_a = torch.full((b,), 0.0 if hold_a else min(1.0, lagged))
         v, a = guided_velocity(model, x[0], x[1], t_v, t_a, cond, weights, experts_only)
-        return (torch.zeros_like(v) if hold_v else v, torch.zeros_like(a) if hold_a else a)
+        # held frames and modalities do not move; the lagging audio moves at d t_audio / d t:
+        # not at all while it waits at pure noise, then 1 + audio_lag times the video's pace
+        v = v * (t_v > 0).to(v.dtype).view(*t_v.shape, *(1,) * (v.dim() - t_v.dim()))
+        pace = 0.0 if hold_a or lagged > 1.0 else 1.0 + cfg.audio_lag
+        return (v, a * pace)
 
     start = (video if hold_v else noise_v, audio if hold_a else noise_a)
     out_v, out_a = sample(cfg.sampler, velocity, start, cfg.steps, cfg.shift)

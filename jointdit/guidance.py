@@ -91,7 +91,7 @@ def guided_velocity(
     pred_v, pred_a = model(
         video.repeat(k, 1, 1, 1, 1),
         audio.repeat(k, 1, 1, 1),
-        t_video.repeat(k),
+        t_video.repeat(k, *(1,) * (t_video.dim() - 1)),  # (B,) or per frame (B, T)
         t_audio.repeat(k),
         torch.cat([cond.image] + [p.image for p in active]),
         None if cond.text is None else torch.cat([cond.text] + [p.text for p in active]),

@@ -19,7 +19,17 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from jointdit.distributed import current
-from jointdit.flow import Batch, FlowConfig, draw_noise, drop_conditions, flow_loss, sample_t
+from jointdit.flow import (
+    Batch,
+    FlowConfig,
+    draw_noise,
+    drop_conditions,
+    flow_loss,
+    frame_times,
+    holds_first_frame,
+    noised,
+    sample_t,
+)
 from jointdit.model.jointdit import JointDiT
 from jointdit.train_state import fingerprint, restore_state, save_state
 
@@ -101,16 +111,64 @@ def validation_loss(
     totals: dict[str, float] = {}
     grid = (0.1, 0.3, 0.5, 0.7, 0.9)
     on_device = to_device(data, device)
+    hold = holds_first_frame(model)
     for t in grid:
         tt = torch.full((len(data),), t, device=device)
+        tv = frame_times(tt, data.video.shape[1], hold)
         noise = tuple(n.to(device) for n in draw_noise(data, generator))
         _, parts = flow_loss(
-            model, on_device, tt, tt, generator, flow.audio_weight, experts_only, noise=noise
+            model, on_device, tv, tt, generator, flow.audio_weight, experts_only, noise=noise
         )
         for k, v in parts.items():
             totals[k] = totals.get(k, 0.0) + v / len(grid)
     model.train(was_training)
     return totals
+
+
+@torch.no_grad()
+def condition_sensitivity(
+    model: JointDiT, data: Batch, t: float = 0.9, seed: int = 0, experts_only: bool = False
+) -> dict[str, float]:
+    """How much the model's clean-video estimate x0 = x_t - t v of frames 1.. moves when each
+    clip is given the next clip's image (and, for a model holding it, first frame), at time t.
+
+    `swap`: rms change of that estimate; `clips`: rms difference of the two clips' own frames
+    1.., the change a model that continues its image would make; `error`: rms error of the
+    estimate. A model that ignores its condition has swap near 0 whatever clips is.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    data = to_device(data, device)
+    n, frames = data.video.shape[:2]
+    other = torch.roll(torch.arange(n), 1)
+    noise_v, noise_a = (x.to(device) for x in draw_noise(data, generator))
+    t_v = frame_times(torch.full((n,), t, device=device), frames, holds_first_frame(model))
+    t_a = torch.full((n,), t, device=device)
+
+    def estimate(video: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        x_t = noised(video, noise_v, t_v)
+        v, _ = model(
+            x_t, noised(data.audio, noise_a, t_a), t_v, t_a, image, data.text,
+            experts_only=experts_only, image_embedding=data.image_embedding,
+        )  # fmt: skip
+        return (x_t - t * v)[:, 1:]
+
+    own = estimate(data.video, data.image)
+    # the other clip's first frame, this clip's later frames (only the condition changes)
+    swapped_video = torch.cat((data.video[other, :1], data.video[:, 1:]), dim=1)
+    swapped = estimate(swapped_video, data.image[other])
+    model.train(was_training)
+
+    def rms(x: torch.Tensor) -> float:
+        return float(x.square().mean().sqrt())
+
+    return {
+        "swap": rms(swapped - own),
+        "clips": rms(data.video[other, 1:] - data.video[:, 1:]),
+        "error": rms(own - data.video[:, 1:]),
+    }
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -179,6 +237,7 @@ def train(
             start, history = restored
     model.train()
     model.grad_checkpointing = cfg.grad_checkpointing
+    hold = holds_first_frame(model)
     device = next(model.parameters()).device
     ddp = None
     if world > 1:
@@ -210,6 +269,7 @@ def train(
         noise = draw_noise(batch, generator)
         # each micro-batch's loss is its share of the whole batch's (masked) mean
         counts = ((t_v > 0).sum().float().to(device), (t_a > 0).sum().float().to(device))
+        t_v = frame_times(t_v, batch.video.shape[1], hold)
         optimizer.zero_grad(set_to_none=True)
         parts: dict[str, float] = {}
         for i, micro in enumerate(micros):
@@ -251,6 +311,8 @@ def train(
         if rank == 0 and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
             val = validation_loss(model, val_data, flow, cfg.experts_only)
             record.update({f"val_{k}": v for k, v in val.items()})
+            swap = condition_sensitivity(model, val_data, experts_only=cfg.experts_only)["swap"]
+            record["val_condition_swap"] = swap
         history.append(record)
         # saved before the log callback runs: a crash there loses no finished step
         if rank == 0 and resume_dir is not None and (step + 1) % cfg.checkpoint_every == 0:

@@ -47,7 +47,7 @@ from jointdit.metrics.suite import (
 )
 from jointdit.metrics.vggish import VGGishEmbedder
 from jointdit.timing import Timer
-from jointdit.training import validation_loss
+from jointdit.training import condition_sensitivity, validation_loss
 from jointdit.viz import log_mel, sample_sheet, system_bars
 from tasks.common import (
     CACHE,
@@ -176,7 +176,12 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
             "stage_a": validation_loss(stage_a, val.batch, flow)["loss"],
             "stage_b": validation_loss(final, val.batch, flow)["loss"],
         }
-    log.info("evaluate: val losses %s", val_loss)
+        # does the model continue *its* image? (a model that learned an average clip does not)
+        sensitivity = {
+            "experts": condition_sensitivity(experts, val.batch, experts_only=True),
+            "stage_b": condition_sensitivity(final, val.batch),
+        }
+    log.info("evaluate: val losses %s; condition sensitivity %s", val_loss, sensitivity)
 
     with timer("read_real"):
         real = read_real(val.clips[:n], params)
@@ -253,6 +258,7 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
         "default_system": default_system,
         "embedders": {k: v is not None for k, v in dataclasses.asdict(embedders).items()},
         "val_loss": val_loss,
+        "condition_sensitivity": sensitivity,
         "systems": table,
     }
     with timer("write"):
@@ -345,6 +351,8 @@ def log_to_mlflow(
     ev = params["evaluate"]
     with mlflow_run(params, "evaluate", {"evaluate": ev, "sample": params["sample"]}):
         flat = {f"val_loss_{k}": v for k, v in metrics["val_loss"].items()}
+        for model, values in metrics["condition_sensitivity"].items():
+            flat.update({f"condition_{k}_{model}": v for k, v in values.items()})
         for system, row in metrics["systems"].items():
             flat.update({f"{system}/{k}": v for k, v in row.items() if np.isfinite(v)})
         flat.update({f"seconds/{k}": v for k, v in seconds.items()})

@@ -137,11 +137,12 @@ def _train_stage(params: dict[str, Any], stage: str, place: Place) -> dict[str, 
             metrics.log(step, {k: v for k, v in record.items() if k != "step"})
             if "val_loss" in record:
                 log.info(
-                    "%s step %d: train %.4f val %.4f",
+                    "%s step %d: train %.4f val %.4f, condition swap %.3f",
                     stage,
                     step,
                     record["train_loss"],
                     record["val_loss"],
+                    record["val_condition_swap"],
                 )
 
         history = train(

@@ -199,7 +199,9 @@ def test_bf16_autocast_forward_runs_and_stays_close(tiny_model):
     reference = tiny_model(**x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = tiny_model(**x)
-    assert out[0].dtype == torch.bfloat16
+    # the network runs in bf16; the x-prediction's conversion to a velocity divides by t in
+    # the precision of the float32 input, which bf16's 8 mantissa bits would lose
+    assert out[0].dtype == torch.float32
     err = (out[0].float() - reference[0]).abs().mean() / reference[0].abs().mean()
     assert err < 0.05
 

@@ -47,7 +47,7 @@ def test_sample_scores_prefer_aligned_audio_and_score_the_first_frame():
     assert good["oracle_f1"] > bad["oracle_f1"] + 0.4
     assert good["av_align"] > bad["av_align"]
     assert good["n_samples"] == 6
-    assert math.isnan(good["psnr"])  # every PSNR infinite: no finite mean to report
+    assert good["psnr"] == math.inf  # every first frame exact: the limit, not a missing value
 
 
 def test_summarise_means_and_drops_infinite_psnr():

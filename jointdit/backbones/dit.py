@@ -1,7 +1,8 @@
 """Our own JointDiT's video or audio half as a Backbone: views over its modules, no copies.
 
-The DiT already works on tokens and predicts the flow velocity at the flow's own t, so its
-time map and prediction conversion are the identity.
+The DiT already works on tokens at the flow's own t, so its time map is the identity; its
+prediction converts as JointDiT.forward converts it (an x-predicting DiT's clean latent becomes
+the velocity).
 """
 
 from __future__ import annotations
@@ -11,14 +12,20 @@ from dataclasses import dataclass, replace
 from torch import Tensor, nn
 
 from jointdit.backbones.base import Backbone, BackboneCond
-from jointdit.model.jointdit import JointDiT, unpatchify_audio, unpatchify_video
+from jointdit.model.jointdit import (
+    JointDiT,
+    signal_scaled,
+    unpatchify_audio,
+    unpatchify_video,
+    velocity_from_x0,
+)
 from jointdit.model.rope import rope_angles
 
 
 @dataclass(frozen=True)
 class DiTState:
     x: Tensor  # tokens (B, N, dim)
-    c: Tensor  # time embedding (B, dim)
+    c: Tensor  # time embedding (B, dim), or per video frame (B, T, dim)
     angles: Tensor  # the DiT's own RoPE angles for its experts
     positions: Tensor  # (N, axes), time in seconds
     context: Tensor | None
@@ -50,6 +57,9 @@ class DiTBackbone(Backbone):
         return self.cfg.dim
 
     def input(self, x: Tensor, t: Tensor, cond: BackboneCond) -> DiTState:
+        shape = tuple(x.shape)
+        if self.cfg.input_scale == "signal":
+            x = signal_scaled(x, t)
         if self.modality == "video":
             tokens, grid = self.embedder(x, cond.image)
         else:
@@ -58,11 +68,11 @@ class DiTBackbone(Backbone):
         positions[:, 0] /= self.cfg.rope_time_scale  # the input blocks scale time; undo
         return DiTState(
             x=tokens,
-            c=self.time(t),
+            c=self.time(t.flatten()).unflatten(0, t.shape),
             angles=rope_angles(grid, self.dims, self.cfg.rope_theta),
             positions=positions,
             context=cond.context,
-            shape=tuple(x.shape),
+            shape=shape,
         )
 
     def expert(self, i: int, s: DiTState) -> DiTState:
@@ -73,7 +83,9 @@ class DiTBackbone(Backbone):
         return unpatchify(self.final(s.x, s.c), s.shape, self.cfg)
 
     def velocity(self, raw: Tensor, x: Tensor, t: Tensor) -> Tensor:
-        return raw
+        if self.cfg.prediction == "v":
+            return raw
+        return velocity_from_x0(raw, x, t, self.cfg.t_floor)
 
     def time_embedding(self, s: DiTState) -> Tensor:
         return s.c

@@ -13,6 +13,8 @@ are not comparable with published numbers.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +28,7 @@ from jointdit.metrics.frechet import (
     logmel_embedding,
 )
 from jointdit.metrics.i3d import I3DEmbedder
-from jointdit.metrics.oracle import oracle_sync
+from jointdit.metrics.oracle import objects_kept, oracle_sync
 from jointdit.metrics.sync import audio_onsets, event_iou, video_peaks
 from jointdit.metrics.vggish import VGGishEmbedder
 
@@ -40,7 +42,7 @@ DISTANCES = {
     "i3d": ("fvd", "kvd"),
 }
 
-SEM_KEYS = ("av_align", "oracle_f1")
+SEM_KEYS = ("av_align", "oracle_f1", "objects_kept", "onsets")
 
 
 @dataclass
@@ -79,6 +81,7 @@ def sample_scores(
         row.update(
             {f"oracle_{k}": v for k, v in oracle_sync(frames, fps, audio, sample_rate).items()}
         )
+        row["objects_kept"] = objects_kept(frames)
     if image is not None:
         row["psnr"] = psnr(frames[0], image)
         row["ssim"] = ssim(frames[0], image)
@@ -124,7 +127,8 @@ def clip_similarity(
 
 
 def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
-    """Mean of each per-sample score over a system's clips (infinite PSNRs left out).
+    """Mean of each per-sample score over a system's clips (infinite PSNRs left out; all of them
+    infinite, the mean is infinite).
 
     The sync scores also get their standard error (``*_sem``): with a dozen clips a difference
     of a few hundredths between two systems is often within it.
@@ -133,7 +137,10 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
     for key in rows[0]:
         values = np.array([r[key] for r in rows], dtype=np.float64)
         finite = values[np.isfinite(values)]
-        out[key] = float(finite.mean()) if len(finite) else float("nan")
+        if len(finite):
+            out[key] = float(finite.mean())
+        else:  # every first frame an exact copy: PSNR's limit, not a missing value
+            out[key] = math.inf if len(values) and np.all(values == math.inf) else math.nan
         if key in SEM_KEYS:
             spread = finite.std(ddof=1) if len(finite) > 1 else np.nan
             out[f"{key}_sem"] = float(spread / np.sqrt(len(finite)))

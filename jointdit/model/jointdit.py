@@ -9,6 +9,16 @@ joint model at init equals its experts.
 
 Latents: video (B, T, Cv, H, W), audio (B, Ca, F, L) with F frequency bins and L time frames.
 The image condition (the first-frame latent) is concatenated on channels to every video frame.
+
+Two choices set how the network meets the data (each measured in the README's ablation table):
+- `prediction: x`: the output heads predict the clean latent x0 and the forward converts it to
+  the flow velocity (x_t - x0) / t ("Back to Basics", Li & He 2025): a token carries a whole
+  pixel patch (192 values into a 192-wide model), and clean patches lie on a simple manifold
+  where noise does not.
+- `hold_first_frame`: frame 0 is the image, held clean (t = 0) in training and sampling (the
+  image-to-video mask of Wan and CogVideoX). The video time is then per frame (B, T), and every
+  AdaLN modulation of a video token reads its own frame's time embedding, so the network knows
+  which frame is given; the first frame of a sample is the image exactly.
 """
 
 from __future__ import annotations
@@ -49,6 +59,20 @@ class JointDiTConfig:
     # chunks (exact), average-pool keys/values over groups of tokens (an approximation).
     query_chunk: int = 0
     kv_downsample: int = 1
+    prediction: str = "x"  # what the output heads predict: x (clean latent) or v (velocity)
+    t_floor: float = 0.05  # x-prediction: the velocity divides by max(t, t_floor)
+    hold_first_frame: bool = True  # frame 0 = the image, clean (t = 0) in training and sampling
+    # how the noisy latent enters: "signal" scales it by its share of signal (signal_scaled),
+    # so near pure noise a token is mostly its condition; "none" as it is
+    input_scale: str = "signal"
+
+    def __post_init__(self) -> None:
+        if self.prediction not in ("x", "v"):
+            raise ValueError(f"model.prediction must be 'x' or 'v', got {self.prediction!r}")
+        if not 0 < self.t_floor < 1:
+            raise ValueError(f"model.t_floor must be in (0, 1), got {self.t_floor}")
+        if self.input_scale not in ("signal", "none"):
+            raise ValueError(f"model.input_scale must be 'signal' or 'none', got {self.input_scale!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,8 +82,24 @@ class JointDiTConfig:
         return self.dim // self.heads
 
 
+def grouped(c: Tensor) -> Tensor:
+    """A conditioning vector as (B, G, D): G groups of consecutive tokens (video frames) with
+    their own vector; a plain (B, D) vector is one group for all tokens."""
+    return c if c.dim() == 3 else c[:, None]
+
+
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    return x * (1 + scale[:, None]) + shift[:, None]
+    """x (B, N, D) shifted and scaled per group of tokens; shift, scale (B, G, D), G | N."""
+    b, n, d = x.shape
+    g = shift.shape[1]
+    out = x.view(b, g, n // g, d) * (1 + scale[:, :, None]) + shift[:, :, None]
+    return out.view(b, n, d)
+
+
+def gate(x: Tensor, g: Tensor) -> Tensor:
+    """x (B, N, D) times the per-group gate g (B, G, D)."""
+    b, n, d = x.shape
+    return (x.view(b, g.shape[1], n // g.shape[1], d) * g[:, :, None]).view(b, n, d)
 
 
 def adaln(dim: int, chunks: int, cond_dim: int | None = None) -> nn.Sequential:
@@ -265,9 +305,9 @@ class Expert(nn.Module):
         self.modulation = adaln(dim, 6)
 
     def forward(self, x: Tensor, c: Tensor, angles: Tensor, context: Tensor | None) -> Tensor:
-        sh1, sc1, g1, sh2, sc2, g2 = self.modulation(c).chunk(6, dim=-1)
-        x = x + g1[:, None] * self.attn(modulate(self.norm1(x), sh1, sc1), angles, context)
-        return x + g2[:, None] * self.mlp(modulate(self.norm2(x), sh2, sc2))
+        sh1, sc1, g1, sh2, sc2, g2 = self.modulation(grouped(c)).chunk(6, dim=-1)
+        x = x + gate(self.attn(modulate(self.norm1(x), sh1, sc1), angles, context), g1)
+        return x + gate(self.mlp(modulate(self.norm2(x), sh2, sc2)), g2)
 
 
 class JointLayer(nn.Module):
@@ -325,8 +365,8 @@ class JointLayer(nn.Module):
         context: Tensor | None,
         iso: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        mv = self.video_modulation(cv).chunk(6, dim=-1)
-        ma = self.audio_modulation(ca).chunk(6, dim=-1)
+        mv = self.video_modulation(grouped(cv)).chunk(6, dim=-1)
+        ma = self.audio_modulation(grouped(ca)).chunk(6, dim=-1)
         qv, kv, vv = split_heads(
             self.video_qkv(modulate(self.video_norm1(xv), *mv[:2])), 3, self.heads
         )
@@ -356,10 +396,10 @@ class JointLayer(nn.Module):
             out_v[idx] = attend(qv[idx], kvc, vvc, *self.knobs)
             out_a[idx] = attend(qa[idx], kac, vac, *self.knobs)
 
-        xv = xv + mv[2][:, None] * self.video_out(merge_heads(out_v))
-        xa = xa + ma[2][:, None] * self.audio_out(merge_heads(out_a))
-        xv = xv + mv[5][:, None] * self.video_ff(modulate(self.video_norm2(xv), mv[3], mv[4]))
-        xa = xa + ma[5][:, None] * self.audio_ff(modulate(self.audio_norm2(xa), ma[3], ma[4]))
+        xv = xv + gate(self.video_out(merge_heads(out_v)), mv[2])
+        xa = xa + gate(self.audio_out(merge_heads(out_a)), ma[2])
+        xv = xv + gate(self.video_ff(modulate(self.video_norm2(xv), mv[3], mv[4])), mv[5])
+        xa = xa + gate(self.audio_ff(modulate(self.audio_norm2(xa), ma[3], ma[4])), ma[5])
         return xv, xa
 
 
@@ -384,7 +424,7 @@ class FinalLayer(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        shift, scale = self.modulation(c).chunk(2, dim=-1)
+        shift, scale = self.modulation(grouped(c)).chunk(2, dim=-1)
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
@@ -466,13 +506,16 @@ class JointDiT(nn.Module):
         text: Tensor | None = None,
         image_embedding: Tensor | None = None,
     ) -> Tokens:
+        if self.cfg.input_scale == "signal":
+            video, audio = signal_scaled(video, t_video), signal_scaled(audio, t_audio)
         xv, grid_v = self.video_input(video, image)
         xa, grid_a = self.audio_input(audio)
         context = context_tokens(self.text, self.image_embed, text, image_embedding)
         return Tokens(
             video=xv,
             audio=xa,
-            cv=self.video_time(t_video),
+            # per frame (B, T, D) when the video time is per frame, else (B, D)
+            cv=self.video_time(t_video.flatten()).unflatten(0, t_video.shape),
             ca=self.audio_time(t_audio),
             angles_v=rope_angles(grid_v, self.video_dims, self.cfg.rope_theta),
             angles_a=rope_angles(grid_a, self.audio_dims, self.cfg.rope_theta),
@@ -522,8 +565,9 @@ class JointDiT(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Velocity predictions (video, audio) for noisy latents at per-modality times.
 
-        iso: True (or a (B,) bool mask) isolates the modalities in the joint attention;
-        experts_only skips the joint layers altogether (the no-joint baseline).
+        t_video is (B,) or, per frame, (B, T); t_audio is (B,). iso: True (or a (B,) bool
+        mask) isolates the modalities in the joint attention; experts_only skips the joint
+        layers altogether (the no-joint baseline).
         """
         if isinstance(iso, bool):
             iso = torch.full((video.shape[0],), iso, dtype=torch.bool, device=video.device)
@@ -534,7 +578,34 @@ class JointDiT(nn.Module):
                 s.video, s.audio = checkpoint(self._block, *args, use_reentrant=False)
             else:
                 s.video, s.audio = self._block(*args)
-        return self.forward_output(s)
+        out_v, out_a = self.forward_output(s)
+        if self.cfg.prediction == "v":
+            return out_v, out_a
+        return (
+            velocity_from_x0(out_v, video, t_video, self.cfg.t_floor),
+            velocity_from_x0(out_a, audio, t_audio, self.cfg.t_floor),
+        )
+
+
+def signal_scaled(x_t: Tensor, t: Tensor) -> Tensor:
+    """x_t times (1 - t) / sqrt((1 - t)^2 + t^2): its share of signal at unit-variance data.
+
+    A token mixes the noisy latent with the image condition in one projection. Near pure noise
+    the latent says nothing about the clip, yet as it is it would swamp the condition, and the
+    network would have to learn to dig the image out from under it; scaled, the condition is
+    what the token holds there, while a clean latent (t = 0, the held frame) enters unscaled.
+    """
+    t = t.to(x_t.dtype)
+    scale = (1 - t) / ((1 - t).square() + t.square()).sqrt()
+    return x_t * scale.view(*t.shape, *(1,) * (x_t.dim() - t.dim()))
+
+
+def velocity_from_x0(x0: Tensor, x_t: Tensor, t: Tensor, t_floor: float) -> Tensor:
+    """The flow velocity eps - x0 = (x_t - x0) / t of a clean-latent prediction; t is (B,) or
+    (B, T) for a video's frames, and is floored at `t_floor`, as 1 / t explodes near the data
+    (where the velocity matters least: a step there moves the sample by t)."""
+    t = t.clamp_min(t_floor).to(x_t.dtype)
+    return (x_t - x0) / t.view(*t.shape, *(1,) * (x_t.dim() - t.dim()))
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
