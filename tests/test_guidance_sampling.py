@@ -256,7 +256,7 @@ def test_a_lagging_audio_waits_at_noise_then_catches_up(tiny_model):
 
     handle = tiny_model.register_forward_pre_hook(spy, with_kwargs=True)
     cfg = SampleConfig(steps=4, guidance="none", audio_lag=1.0)
-    v, a = generate(tiny_model, x["image"], x["text"], 2, 6, cfg)
+    _, a = generate(tiny_model, x["image"], x["text"], 2, 6, cfg)
     handle.remove()
     # video at 1, .75, .5, .25; audio at min(1, 2 t): 1, 1, 1, .5
     assert seen == [(1.0, 1.0), (0.75, 1.0), (0.5, 1.0), (0.25, 0.5)]

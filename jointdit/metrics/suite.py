@@ -14,7 +14,6 @@ are not comparable with published numbers.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 import numpy as np

@@ -72,7 +72,9 @@ class JointDiTConfig:
         if not 0 < self.t_floor < 1:
             raise ValueError(f"model.t_floor must be in (0, 1), got {self.t_floor}")
         if self.input_scale not in ("signal", "none"):
-            raise ValueError(f"model.input_scale must be 'signal' or 'none', got {self.input_scale!r}")
+            raise ValueError(
+                f"model.input_scale must be 'signal' or 'none', got {self.input_scale!r}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
