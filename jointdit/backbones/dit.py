@@ -43,6 +43,7 @@ class DiTBackbone(Backbone):
         self.time = getattr(model, f"{modality}_time")
         self.experts = nn.ModuleList(getattr(b, f"{modality}_expert") for b in model.blocks)
         self.final = getattr(model, f"{modality}_output")
+        self.refine = model.video_refine if modality == "video" else nn.Identity()
         self.dims = getattr(model, f"{modality}_dims")
 
     @property
@@ -80,7 +81,7 @@ class DiTBackbone(Backbone):
 
     def output(self, s: DiTState) -> Tensor:
         unpatchify = unpatchify_video if self.modality == "video" else unpatchify_audio
-        return unpatchify(self.final(s.x, s.c), s.shape, self.cfg)
+        return self.refine(unpatchify(self.final(s.x, s.c), s.shape, self.cfg))
 
     def velocity(self, raw: Tensor, x: Tensor, t: Tensor) -> Tensor:
         if self.cfg.prediction == "v":

@@ -65,6 +65,10 @@ class JointDiTConfig:
     # how the noisy latent enters: "signal" scales it by its share of signal (signal_scaled),
     # so near pure noise a token is mostly its condition; "none" as it is
     input_scale: str = "signal"
+    # a 3x3 convolution over each predicted frame's latent grid after the per-token output
+    # layer, across token borders (U-ViT's extra conv): neighbouring tokens agree on an object
+    # that straddles them
+    output_conv: bool = True
 
     def __post_init__(self) -> None:
         if self.prediction not in ("x", "v"):
@@ -414,6 +418,20 @@ class JointBlock(nn.Module):
         self.joint = JointLayer(cfg.dim, cfg.heads, cfg.ff_mult, knobs)
 
 
+class FrameConv(nn.Module):
+    """x + conv3x3(x) on every frame of a video latent (B, T, C, H, W); zero-initialised, so
+    it starts as the identity."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv(x.flatten(0, 1)).view_as(x)
+
+
 class FinalLayer(nn.Module):
     """AdaLN + linear back to patch values (DiT), zero-initialised."""
 
@@ -490,6 +508,7 @@ class JointDiT(nn.Module):
         self.blocks = nn.ModuleList(JointBlock(cfg) for _ in range(cfg.depth))
         p = cfg.video_patch
         self.video_output = FinalLayer(cfg.dim, cfg.video_channels * p * p)
+        self.video_refine = FrameConv(cfg.video_channels) if cfg.output_conv else nn.Identity()
         self.audio_output = FinalLayer(
             cfg.dim, cfg.audio_channels * cfg.audio_patch_f * cfg.audio_patch_t
         )
@@ -541,7 +560,7 @@ class JointDiT(nn.Module):
     def forward_output(self, s: Tokens) -> tuple[Tensor, Tensor]:
         v = unpatchify_video(self.video_output(s.video, s.cv), s.video_shape, self.cfg)
         a = unpatchify_audio(self.audio_output(s.audio, s.ca), s.audio_shape, self.cfg)
-        return v, a
+        return self.video_refine(v), a
 
     def _block(
         self, i: int, s: Tokens, iso: Tensor, experts_only: bool, video: Tensor, audio: Tensor
