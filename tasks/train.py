@@ -31,20 +31,12 @@ from jointdit.model.joint import JointBackboneModel, build_model
 from jointdit.model.jointdit import JointDiT, count_parameters
 from jointdit.training import TrainConfig, train, validation_loss
 from jointdit.viz import loss_curve
-from tasks.common import (
-    CACHE,
-    MODELS,
-    PLOTS,
-    REPORTS,
-    check_tracking_server,
-    cli,
-    codec_from,
-    get_logger,
-    mlflow_run,
-    model_config,
-    resolve_tracking_uri,
-    write_json,
-)
+from tasks.encoding import codec_from
+from tasks.logs import get_logger
+from tasks.mlflow_runs import check_tracking_server, mlflow_run, resolve_tracking_uri
+from tasks.model_config import model_config
+from tasks.params import cli
+from tasks.paths import CACHE, MODELS, PLOTS, REPORTS, write_json
 from tasks.tracking import MetricBuffer
 
 STARTS_FROM = {"experts": None, "stage_a": "experts", "stage_b": "stage_a"}

@@ -27,7 +27,8 @@ import yaml
 
 from jointdit.checkpoint import save_checkpoint
 from jointdit.model.jointdit import JointDiT
-from tasks.common import codec_from, model_config
+from tasks.encoding import codec_from
+from tasks.model_config import model_config
 from tests.conftest import randomize
 from tests.test_pipeline_e2e import tiny_params
 

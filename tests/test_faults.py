@@ -30,7 +30,7 @@ from jointdit.checkpoint import load_checkpoint, save_checkpoint
 from jointdit.data.manifest import ValidatedManifest, write_manifest
 from jointdit.data.shards import shard_clips
 from jointdit.model.jointdit import JointDiT
-from tasks.common import load_params
+from tasks.params import load_params
 from tests.conftest import TINY, randomize
 from tests.servers import REPO, child_env, register_cmd, register_env, tiny_workspace
 from tests.test_resume import CFG, Stop, _assert_same_model, _run

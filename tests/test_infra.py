@@ -1,6 +1,6 @@
 """The deployment material in infra/ and prefect.yaml, checked without docker or Kubernetes:
 compose services, the GPU job template against its variables, the GPU deployments, the image
-recipe, and the MLflow fail-fast check of tasks/common.py."""
+recipe, and the MLflow fail-fast check of tasks/mlflow_runs.py."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tasks.common import check_tracking_server, mlflow_run, resolve_tracking_uri
+from tasks.mlflow_runs import check_tracking_server, mlflow_run, resolve_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -225,7 +225,7 @@ def test_gpu_deployments_next_to_the_local_ones():
         assert steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == "/app"
 
 
-# --- MLflow fail-fast (tasks/common.py) --------------------------------------------------------
+# --- MLflow fail-fast (tasks/mlflow_runs.py) ---------------------------------------------------
 
 
 def closed_port() -> int:
