@@ -142,7 +142,6 @@ def _train_stage(params: dict[str, Any], stage: str, place: Place) -> dict[str, 
         after = validation_loss(model, val_set.batch, flow, cfg.experts_only)
         model.cpu()
         save_checkpoint(MODELS / stage, model, {"stage": stage, "val_loss": after["loss"]})
-        shutil.rmtree(RESUME / stage, ignore_errors=True)
         report = {
             "val_loss_before": before["loss"],
             "val_loss": after["loss"],
@@ -159,6 +158,10 @@ def _train_stage(params: dict[str, Any], stage: str, place: Place) -> dict[str, 
         metrics.log(cfg.steps, final)
         mlflow.log_artifact(str(png))
         mlflow.log_artifacts(str(MODELS / stage), artifact_path="checkpoint")
+    # Only now, with the model uploaded and the run closed: a tracking server that fails the
+    # upload fails the stage with its resume checkpoints kept (the last one is the final step),
+    # so the retry resumes there instead of training again from step 0.
+    shutil.rmtree(RESUME / stage, ignore_errors=True)
     log.info("%s: val loss %.4f -> %.4f", stage, before["loss"], after["loss"])
     return report
 
