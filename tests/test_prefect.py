@@ -48,7 +48,7 @@ ARTIFACTS = REPO / "reports" / "test-artifacts" / "prefect-ui"
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-def prefect(env: dict[str, str], *args: str, cwd: Path | None = None, timeout: float = 600):
+def prefect(env: dict[str, str], *args: str, cwd: Path | None = None, timeout: float = 1200):
     return subprocess.run(
         [PREFECT, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout
     )
@@ -83,8 +83,9 @@ def deployed(prefect_server, tmp_path_factory) -> Iterator[tuple[dict, Path, str
          "--base-job-template", str(REPO / "infra/k8s/gpu-job-template.json")),
     ):  # fmt: skip
         check([PREFECT, *args], "create the work pool", env=env)
-    done = prefect({**env, "IMAGE": "registry.example.com/jointdit:test"}, "deploy", "--all",
-                   cwd=ws)  # fmt: skip
+    # as from a shell in the workspace: prefect.yaml's {{ $PWD }} is the shell's variable
+    deploy_env = {**env, "PWD": str(ws), "IMAGE": "registry.example.com/jointdit:test"}
+    done = prefect(deploy_env, "deploy", "--all", cwd=ws)
     assert done.returncode == 0, f"prefect deploy --all exited {done.returncode}:\n" + (
         done.stdout[-4000:] + done.stderr[-4000:]
     )
@@ -116,7 +117,7 @@ def test_sample_deployment_run_watch_completes_and_writes_a_sounding_video(deplo
     params = {"image": str(drawn_image(tmp_path / "drawn.png")), "prompt": "a red ball",
               "seed": 2, "steps": 2, "out_dir": str(tmp_path / "outputs")}  # fmt: skip
     done = prefect(env, "deployment", "run", "sample/sample-local", "--params",
-                   json.dumps(params), "--watch", "--watch-timeout", "300")  # fmt: skip
+                   json.dumps(params), "--watch", "--watch-timeout", "900")  # fmt: skip
     log = (ws.parent / "worker.log").read_text(errors="replace")
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n{log[-4000:]}"
     assert "Flow run finished successfully in 'Completed'" in done.stdout
@@ -145,7 +146,7 @@ def test_a_second_pipeline_run_waits_for_the_first_then_runs(deployed):
             "--params", json.dumps({"stages": ["fetch"], "force": True})]  # fmt: skip
     first = prefect(env, *args)
     assert first.returncode == 0, first.stdout + first.stderr
-    second = prefect(env, *args, "--watch", "--watch-timeout", "300")
+    second = prefect(env, *args, "--watch", "--watch-timeout", "900")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     runs = [api(env, f"/flow_runs/{run_id(p.stdout)}") for p in (first, second)]
     assert [r["state"]["type"] for r in runs] == ["COMPLETED", "COMPLETED"]
@@ -196,7 +197,7 @@ def test_the_ui_lists_the_deployments_and_runs_the_sample_from_its_form(deployed
             page.get_by_role("link", name=name).first.click()
             page.wait_for_url(re.compile(r".*/runs/flow-run/[0-9a-f-]{36}"))
             completed = page.locator(".state-badge.state--completed").first
-            expect(completed).to_be_visible(timeout=300_000)
+            expect(completed).to_be_visible(timeout=900_000)
             # the flow's own log line, shown on the run page
             expect(page.get_by_text("sample: wrote").first).to_be_visible(timeout=60_000)
             page.screenshot(path=ARTIFACTS / "run.png", full_page=True)
