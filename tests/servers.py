@@ -206,7 +206,8 @@ def prefect_server(tmp_path_factory) -> Iterator[dict[str, str]]:
     cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     server = Server("prefect server", cmd, home / "server.log", env=env)
     try:
-        server.wait_until(lambda: answers(url + "/health"), "answering /api/health")
+        # a loaded machine has taken minutes to start it
+        server.wait_until(lambda: answers(url + "/health"), "answering /api/health", 600)
         yield {**env, "PREFECT_API_URL": url, "PREFECT_WORKER_QUERY_SECONDS": "1"}
     finally:
         server.stop()
