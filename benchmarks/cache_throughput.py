@@ -32,7 +32,8 @@ from jointdit.data.shards import write_shard
 from jointdit.data.windows import plan_windows
 from jointdit.text import tokenize
 from jointdit.timing import Timer
-from tasks.common import codec_from, load_params
+from tasks.encoding import codec_from
+from tasks.params import load_params
 
 WIDTH, HEIGHT, FPS, RATE = 640, 360, 30, 48000
 

@@ -30,7 +30,9 @@ from jointdit.metrics.oracle import impact_times
 from jointdit.metrics.sync import audio_onsets, video_peaks
 from jointdit.metrics.vggish import VGGish, VGGishEmbedder
 from jointdit.model.jointdit import JointDiT
-from tasks.common import codec_from, load_params, model_config
+from tasks.encoding import codec_from
+from tasks.model_config import model_config
+from tasks.params import load_params
 
 
 def best_ms(fn: Callable[[], object], repeats: int) -> float:

@@ -18,7 +18,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from jointdit.flow import Batch, FlowConfig, flow_loss, sample_t
 from jointdit.model.jointdit import JointDiT
-from tasks.common import codec_from, load_params, model_config
+from tasks.encoding import codec_from
+from tasks.model_config import model_config
+from tasks.params import load_params
 
 
 def matmul_peak(device: str, n: int = 2048, seconds: float = 2.0) -> float:

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.command == "profile":
-        from tasks.common import load_params
+        from tasks.params import load_params
         from tasks.profiles import load_profile, overlay, set_params_args
 
         profile = load_profile(args.name)

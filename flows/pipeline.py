@@ -1,7 +1,9 @@
 """The `pipeline` flow: the DVC stages in order, each a Prefect task with retries and logs.
 
 DVC decides what is stale and records what was built (dvc.lock); Prefect runs, retries and
-shows it. A stage that is up to date is a fast no-op.
+shows it. A stage that is up to date is a fast no-op. Two runs never overlap: the deployment
+takes one run at a time (prefect.yaml), and a stage waits for DVC's lock when someone else's
+`dvc repro` holds it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,29 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
+from tasks.paths import REPORTS
+from tasks.summary import summary
+
 STAGES = ("fetch", "validate", "cache", "experts", "stage_a", "stage_b", "evaluate", "register")
+DVC_LOCK = Path(".dvc/tmp/lock")
+
+
+def lock_holder(lock: Path = DVC_LOCK) -> str | None:
+    """Who holds DVC's repository lock, as "pid N (its command line)"; None when it is free."""
+    import zc.lockfile  # DVC's own lock implementation: the same test DVC makes
+
+    if not lock.is_file():
+        return None
+    try:
+        zc.lockfile.LockFile(str(lock)).close()
+        return None
+    except zc.lockfile.LockError:
+        pid = lock.read_text().strip()  # the holder wrote its pid there
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except (OSError, ValueError):
+        command = "command line unknown"
+    return f"pid {pid} ({command})"
 
 
 @task(retries=1, retry_delay_seconds=5)
@@ -29,7 +53,17 @@ def run_stage(stage: str, force: bool = False) -> None:
         # progress bars become periodic log lines instead of a flood of redraws
         "TQDM_MININTERVAL": "10",
     }
-    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
+    holder = lock_holder()
+    if holder:
+        logger.warning(
+            "[%s] DVC's lock %s is held by %s, e.g. a `dvc repro` started by hand: this stage "
+            "waits until it is released, then runs",
+            stage,
+            DVC_LOCK,
+            holder,
+        )
+    # --wait-for-lock: queue behind another DVC process instead of failing at once
+    cmd = [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage]
     if force:
         cmd.append("--force")
     proc = subprocess.Popen(
@@ -53,8 +87,11 @@ def pipeline(stages: list[str] | None = None, force: bool = False) -> dict:
         raise ValueError(f"unknown stages {unknown}; stages are {list(STAGES)}")
     for stage in sorted(chosen, key=STAGES.index):
         run_stage.with_options(name=f"dvc-{stage}")(stage, force)
-    metrics = Path("reports/metrics.json")
-    return json.loads(metrics.read_text()) if metrics.exists() else {}
+    metrics = REPORTS / "metrics.json"
+    if not metrics.exists():
+        return {}
+    get_run_logger().info("%s", summary())
+    return json.loads(metrics.read_text())
 
 
 if __name__ == "__main__":

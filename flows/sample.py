@@ -10,7 +10,7 @@ from prefect import flow, get_run_logger, task
 
 from jointdit.data.media import write_clip, write_wav
 from jointdit.viz import log_mel, sample_sheet
-from tasks.common import check_tracking_server, resolve_tracking_uri
+from tasks.mlflow_runs import check_tracking_server, resolve_tracking_uri
 
 DEFAULT_MODEL = "models:/jointdit@champion"
 

@@ -199,9 +199,10 @@ def train(
     validation losses). Every rank ends with the same weights.
 
     With `resume_dir`, the whole training state is saved there every `checkpoint_every` steps
-    and a run restarts from the newest checkpoint of the same run (settings, starting weights
-    and data), ending with the same weights as an uninterrupted run. Every random draw comes
-    from one generator (and torch's global RNG, seeded here), both checkpointed.
+    and after the last one, and a run restarts from the newest checkpoint of the same run
+    (settings, starting weights and data), ending with the same weights as an uninterrupted
+    run. Every random draw comes from one generator (and torch's global RNG, seeded here), both
+    checkpointed.
     """
     rank, world = current()
     if not 1 <= cfg.grad_accum <= cfg.batch_size // world:
@@ -314,8 +315,10 @@ def train(
             swap = condition_sensitivity(model, val_data, experts_only=cfg.experts_only)["swap"]
             record["val_condition_swap"] = swap
         history.append(record)
-        # saved before the log callback runs: a crash there loses no finished step
-        if rank == 0 and resume_dir is not None and (step + 1) % cfg.checkpoint_every == 0:
+        # saved before the log callback runs: a crash there loses no finished step; and at the
+        # last step, so a stage that fails after training (its upload) resumes with nothing left
+        checkpoint = (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps
+        if rank == 0 and resume_dir is not None and checkpoint:
             save_state(
                 resume_dir,
                 step + 1,

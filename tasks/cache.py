@@ -30,16 +30,10 @@ from jointdit.data.manifest import (
 )
 from jointdit.data.shards import build_shards, write_index
 from jointdit.data.windows import plan_windows
-from tasks.common import (
-    CACHE,
-    RAW,
-    VALIDATED,
-    cli,
-    codec_from,
-    conditioning_from,
-    get_logger,
-    read_normalised,
-)
+from tasks.encoding import codec_from, conditioning_from, read_normalised
+from tasks.logs import get_logger
+from tasks.params import cli
+from tasks.paths import CACHE, RAW, VALIDATED
 
 
 def plan(clips: list[dict], clip: dict[str, Any]) -> tuple[list[dict], list[dict]]:

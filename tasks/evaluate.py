@@ -49,19 +49,11 @@ from jointdit.metrics.vggish import VGGishEmbedder
 from jointdit.timing import Timer
 from jointdit.training import condition_sensitivity, validation_loss
 from jointdit.viz import log_mel, sample_sheet, system_bars
-from tasks.common import (
-    CACHE,
-    MODELS,
-    PLOTS,
-    RAW,
-    REPORTS,
-    cli,
-    codec_from,
-    get_logger,
-    mlflow_run,
-    read_normalised,
-    write_json,
-)
+from tasks.encoding import codec_from, read_normalised
+from tasks.logs import get_logger
+from tasks.mlflow_runs import mlflow_run
+from tasks.params import cli
+from tasks.paths import CACHE, MODELS, PLOTS, RAW, REPORTS, write_json
 from tasks.train import initial_model
 
 SAMPLES = REPORTS / "samples"

@@ -14,7 +14,9 @@ from jointdit.config import from_dict
 from jointdit.data.download import DownloadConfig, fetch_urls
 from jointdit.data.sources import Fetched, fetch_folder, fetch_synthetic, write_raw
 from jointdit.data.synthetic import SyntheticConfig
-from tasks.common import RAW, cli, get_logger
+from tasks.logs import get_logger
+from tasks.params import cli
+from tasks.paths import RAW
 
 
 def _fetched(data: dict[str, Any]) -> Fetched:

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from tasks.common import ParamsLoader, flatten
+from tasks.params import ParamsLoader, flatten
 
 PROFILES = Path("profiles")
 

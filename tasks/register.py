@@ -18,15 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from jointdit.config import from_dict
-from tasks.common import (
-    MODELS,
-    REPORTS,
-    cli,
-    conditioning_from,
-    get_logger,
-    mlflow_run,
-    write_json,
-)
+from tasks.encoding import conditioning_from
+from tasks.logs import get_logger
+from tasks.mlflow_runs import mlflow_run
+from tasks.params import cli
+from tasks.paths import MODELS, REPORTS, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -31,20 +31,12 @@ from jointdit.model.joint import JointBackboneModel, build_model
 from jointdit.model.jointdit import JointDiT, count_parameters
 from jointdit.training import TrainConfig, train, validation_loss
 from jointdit.viz import loss_curve
-from tasks.common import (
-    CACHE,
-    MODELS,
-    PLOTS,
-    REPORTS,
-    check_tracking_server,
-    cli,
-    codec_from,
-    get_logger,
-    mlflow_run,
-    model_config,
-    resolve_tracking_uri,
-    write_json,
-)
+from tasks.encoding import codec_from
+from tasks.logs import get_logger
+from tasks.mlflow_runs import check_tracking_server, mlflow_run, resolve_tracking_uri
+from tasks.model_config import model_config
+from tasks.params import cli
+from tasks.paths import CACHE, MODELS, PLOTS, REPORTS, write_json
 from tasks.tracking import MetricBuffer
 
 STARTS_FROM = {"experts": None, "stage_a": "experts", "stage_b": "stage_a"}
@@ -151,7 +143,6 @@ def _train_stage(params: dict[str, Any], stage: str, place: Place) -> dict[str, 
         after = validation_loss(model, val_set.batch, flow, cfg.experts_only)
         model.cpu()
         save_checkpoint(MODELS / stage, model, {"stage": stage, "val_loss": after["loss"]})
-        shutil.rmtree(RESUME / stage, ignore_errors=True)
         report = {
             "val_loss_before": before["loss"],
             "val_loss": after["loss"],
@@ -168,6 +159,10 @@ def _train_stage(params: dict[str, Any], stage: str, place: Place) -> dict[str, 
         metrics.log(cfg.steps, final)
         mlflow.log_artifact(str(png))
         mlflow.log_artifacts(str(MODELS / stage), artifact_path="checkpoint")
+    # Only now, with the model uploaded and the run closed: a tracking server that fails the
+    # upload fails the stage with its resume checkpoints kept (the last one is the final step),
+    # so the retry resumes there instead of training again from step 0.
+    shutil.rmtree(RESUME / stage, ignore_errors=True)
     log.info("%s: val loss %.4f -> %.4f", stage, before["loss"], after["loss"])
     return report
 

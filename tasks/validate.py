@@ -18,7 +18,10 @@ from jointdit.data.manifest import (
 )
 from jointdit.data.sources import FETCH_REJECTED_NAME, MANIFEST_NAME
 from jointdit.data.validation import validate as validate_clips
-from tasks.common import RAW, REPORTS, VALIDATED, cli, get_logger, mlflow_run, write_json
+from tasks.logs import get_logger
+from tasks.mlflow_runs import mlflow_run
+from tasks.params import cli
+from tasks.paths import RAW, REPORTS, VALIDATED, write_json
 
 
 def validation_config(params: dict[str, Any]) -> ValidationConfig:

@@ -1,5 +1,5 @@
-"""Real servers on 127.0.0.1 for the tests: PostgreSQL, MLflow on it, a Prefect server and a
-process worker, each on a free port with its own temporary directory and log file.
+"""Real servers on 127.0.0.1 for the tests: PostgreSQL, MLflow on it (or on SQLite), a Prefect
+server and a process worker, each on a free port with its own temporary directory and log file.
 
 A server that does not come up fails the test with the reason and the tail of its log: these
 tests exist to show the servers work here, so they never skip.
@@ -27,7 +27,8 @@ import yaml
 
 from jointdit.checkpoint import save_checkpoint
 from jointdit.model.jointdit import JointDiT
-from tasks.common import codec_from, model_config
+from tasks.encoding import codec_from
+from tasks.model_config import model_config
 from tests.conftest import randomize
 from tests.test_pipeline_e2e import tiny_params
 
@@ -99,6 +100,12 @@ class Server:
                 self.fail(f"not {what} after {timeout_s:.0f} s")
             time.sleep(0.5)
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM kill does: no shutdown of any kind."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self._out.close()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -155,20 +162,26 @@ def postgres() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def start_mlflow(root: Path, port: int, backend: str) -> tuple[Server, str]:
+    """`mlflow server` on `backend`, artifacts under `root`, up and answering; (server, URL)."""
+    cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1", "--backend-store-uri", backend,
+           "--artifacts-destination", str(root / "artifacts")]  # fmt: skip
+    log = root / "mlflow.log"
+    server = Server("mlflow server", cmd, log, cwd=root, env=child_env())
+    url = f"http://127.0.0.1:{port}"
+    server.wait_until(lambda: answers(url + "/health"), "answering /health")
+    return server, url
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(postgres, tmp_path_factory) -> Iterator[str]:
     """`mlflow server` on the PostgreSQL backend, artifacts in a local directory; its URL."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
     # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the driver installed is psycopg2
     backend = postgres.replace("postgresql://", "postgresql+psycopg2://", 1)
-    cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1", "--backend-store-uri", backend,
-           "--artifacts-destination", str(root / "artifacts")]  # fmt: skip
-    server = Server("mlflow server", cmd, root / "mlflow.log", cwd=root, env=child_env())
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_mlflow(root, free_port(), backend)
     try:
-        server.wait_until(lambda: answers(url + "/health"), "answering /health")
         yield url
     finally:
         server.stop()
@@ -184,44 +197,20 @@ def prefect_server(tmp_path_factory) -> Iterator[dict[str, str]]:
     port = free_port()
     env = child_env(PREFECT_HOME=str(home))
     env.pop("PREFECT_API_URL", None)
+    url = f"http://127.0.0.1:{port}/api"
+    # the UI's API address (its default is port 4200, whatever port the server listens on), and
+    # runs queued behind a deployment's concurrency limit retried every second, not every 30 s
+    env.update(
+        PREFECT_UI_API_URL=url, PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="1"
+    )
     cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     server = Server("prefect server", cmd, home / "server.log", env=env)
-    url = f"http://127.0.0.1:{port}/api"
     try:
-        server.wait_until(lambda: answers(url + "/health"), "answering /api/health")
+        # a loaded machine has taken minutes to start it
+        server.wait_until(lambda: answers(url + "/health"), "answering /api/health", 600)
         yield {**env, "PREFECT_API_URL": url, "PREFECT_WORKER_QUERY_SECONDS": "1"}
     finally:
         server.stop()
-
-
-# `prefect deploy` of Prefect 3.8.8 creates the deployment, then fails (HTTP 422: its client
-# sends `limit: null` to the workers filter, which its server refuses) and exits 1; so the
-# deployment is created here with the same client call, from prefect.yaml's own entry.
-DEPLOY_SCRIPT = """
-import sys, yaml
-from prefect.client.orchestration import get_client
-from prefect.utilities.callables import parameter_schema_from_entrypoint
-prefect_yaml, name, workdir = sys.argv[1:]
-spec = next(d for d in yaml.safe_load(open(prefect_yaml))["deployments"] if d["name"] == name)
-pull = yaml.safe_load(open(prefect_yaml))["pull"]
-assert pull == [{"prefect.deployments.steps.set_working_directory": {"directory": "{{ $PWD }}"}}]
-pull = [{"prefect.deployments.steps.set_working_directory": {"directory": workdir}}]
-entry = spec["entrypoint"]
-with get_client(sync_client=True) as client:
-    flow_id = client.create_flow_from_name(entry.split(":")[1])
-    print(client.create_deployment(
-        flow_id=flow_id, name=name, entrypoint=entry, pull_steps=pull,
-        work_pool_name=spec["work_pool"]["name"], parameters=spec.get("parameters", {}),
-        job_variables=spec["work_pool"].get("job_variables", {}),
-        parameter_openapi_schema=parameter_schema_from_entrypoint(entry).model_dump(),
-    ))
-"""
-
-
-def deploy(env: dict[str, str], name: str) -> None:
-    """The deployment `name` of prefect.yaml, working directory this checkout."""
-    cmd = [sys.executable, "-c", DEPLOY_SCRIPT, str(REPO / "prefect.yaml"), name, str(REPO)]
-    check(cmd, f"deploy {name}", cwd=REPO, env=env)
 
 
 def start_worker(env: dict[str, str], pool: str, log: Path) -> Server:

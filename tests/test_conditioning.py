@@ -161,7 +161,7 @@ def _workspace(root: Path, conditioning: dict) -> dict:
 
 def test_cache_encodes_clip_context_per_window(tiny_clip, tmp_path, monkeypatch):
     from tasks.cache import encode_windows
-    from tasks.common import codec_from, conditioning_from, read_normalised
+    from tasks.encoding import codec_from, conditioning_from, read_normalised
 
     _, root = tiny_clip
     monkeypatch.chdir(tmp_path)

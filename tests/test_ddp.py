@@ -143,7 +143,7 @@ def test_killed_two_process_run_resumes_to_the_unbroken_weights(two_processes, t
 def _tiny_stage_workspace(root: Path) -> dict:
     """A workspace with a tiny latent cache, and params for a tiny `experts` stage in it."""
     from jointdit.data.shards import write_index, write_shard
-    from tasks.common import codec_from
+    from tasks.encoding import codec_from
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["mlflow"] = {"tracking_uri": "sqlite:///mlflow.db", "experiment": "ddp"}

@@ -1,6 +1,7 @@
 """Faults production sees, each on the real code path: a cache step SIGKILLed mid-write, a
-pipeline stage failing once, two registrations at once, a full disk under a checkpoint, a
-model checkpoint edited by hand (resume checkpoints: tests/test_resume.py).
+pipeline stage failing once, DVC's lock held by a `dvc repro` started by hand, the tracking
+server killed during a stage's final upload, two registrations at once, a full disk under a
+checkpoint, a model checkpoint edited by hand (resume checkpoints: tests/test_resume.py).
 
 (A training run SIGKILLed and resumed: tests/test_resume.py.)
 """
@@ -25,14 +26,23 @@ from mlflow import MlflowClient
 from prefect import flow
 from safetensors.torch import load_file, save_file
 
-from flows.pipeline import run_stage
+from flows.pipeline import lock_holder, run_stage
 from jointdit.checkpoint import load_checkpoint, save_checkpoint
 from jointdit.data.manifest import ValidatedManifest, write_manifest
 from jointdit.data.shards import shard_clips
 from jointdit.model.jointdit import JointDiT
-from tasks.common import load_params
+from tasks.params import load_params
 from tests.conftest import TINY, randomize
-from tests.servers import REPO, child_env, register_cmd, register_env, tiny_workspace
+from tests.servers import (
+    REPO,
+    child_env,
+    free_port,
+    register_cmd,
+    register_env,
+    start_mlflow,
+    tiny_workspace,
+)
+from tests.test_ddp import _tiny_stage_workspace
 from tests.test_resume import CFG, Stop, _assert_same_model, _run
 from tests.test_windows import make_raw
 
@@ -151,6 +161,149 @@ def test_a_stage_failing_once_is_retried_and_the_flow_completes(
     assert task_run.state.is_completed() and task_run.run_count == 2
     assert (tmp_path / "attempts.log").read_text() == "xx"
     assert (tmp_path / "out.txt").read_text() == "done" and (tmp_path / "dvc.lock").is_file()
+
+
+# -- DVC's lock held by a `dvc repro` started by hand -------------------------------------------
+
+SLOW = "import pathlib, time; pathlib.Path('started').touch(); time.sleep(5)"
+
+
+def test_a_pipeline_stage_waits_for_a_dvc_repro_started_by_hand_then_runs(
+    prefect_harness, tmp_path, monkeypatch
+):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], check=True)
+    stages = {
+        "by_hand": {"cmd": f'python -c "{SLOW}" && echo by-hand > by_hand.txt',
+                    "outs": ["by_hand.txt"]},
+        "flow": {"cmd": "echo flow > flow.txt", "outs": ["flow.txt"]},
+    }  # fmt: skip
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    env = child_env()
+    by_hand = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", "by_hand"], env=env, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "started").exists():  # it holds the lock from here on
+        assert by_hand.poll() is None and time.monotonic() < deadline, by_hand.stderr.read()
+        time.sleep(0.05)
+    holder = lock_holder()
+    assert holder is not None and f"pid {by_hand.pid} " in holder and "repro by_hand" in holder
+
+    @flow
+    def one_stage() -> None:
+        run_stage("flow")
+
+    state = one_stage(return_state=True)
+    assert state.is_completed()
+    assert by_hand.wait(timeout=60) == 0  # undisturbed
+    # the flow's stage ran once the hand-started one had finished, and said why it waited
+    done = {p: (tmp_path / f"{p}.txt").stat().st_mtime_ns for p in stages}
+    assert done["flow"] >= done["by_hand"]
+    APILogHandler.flush()
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        )
+    log = "\n".join(entry.message for entry in logs)
+    assert f"DVC's lock .dvc/tmp/lock is held by pid {by_hand.pid}" in log, log
+    assert "waits until it is released" in log
+    assert lock_holder() is None
+
+
+# -- the tracking server killed during a stage's final upload ----------------------------------
+
+# The `experts` stage as DVC runs it (`python -m tasks.train experts`), its final upload held
+# until the test says go: it touches `uploading`, then waits for a file `go`.
+HELD_UPLOAD = """
+import runpy, sys, time
+from pathlib import Path
+import mlflow
+upload = mlflow.log_artifacts
+def held(*args, **kwargs):
+    Path("uploading").touch()
+    while not Path("go").exists():
+        time.sleep(0.05)
+    return upload(*args, **kwargs)
+mlflow.log_artifacts = held
+sys.argv = ["tasks.train", "experts"]
+runpy.run_module("tasks.train", run_name="__main__")
+"""
+
+
+def test_tracking_server_killed_during_the_final_upload_loses_neither_model_nor_checkpoints(
+    tmp_path,
+):
+    ws = tmp_path / "ws"
+    params = _tiny_stage_workspace(ws)
+    params["torch_threads"] = 1
+    # 4 steps, checkpoints every 3: the step-4 checkpoint is the one written at the end
+    params["experts"].update(checkpoint_every=3)
+    root = tmp_path / "mlflow"
+    root.mkdir()
+    port, backend = free_port(), f"sqlite:///{root / 'mlflow.db'}"
+    server, url = start_mlflow(root, port, backend)
+    params["mlflow"] = {"tracking_uri": url, "experiment": "faults"}
+    (ws / "params.yaml").write_text(yaml.safe_dump(params))
+    # MLflow's client would retry a refused connection for minutes; once is the point here
+    env = child_env(
+        PYTHONPATH=str(REPO),
+        MLFLOW_TRACKING_URI=url,
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+        MLFLOW_HTTP_REQUEST_TIMEOUT="10",
+    )
+    stage = subprocess.Popen(
+        [sys.executable, "-c", HELD_UPLOAD], cwd=ws, env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while not (ws / "uploading").exists():
+            assert stage.poll() is None, f"the stage exited early:\n{stage.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "the stage never reached its upload"
+            time.sleep(0.1)
+        server.kill()
+        (ws / "go").touch()
+        _, err = stage.communicate(timeout=300)
+    finally:
+        server.stop()
+    assert stage.returncode != 0, err[-3000:]
+    # the trained model is on disk and the resume checkpoints, the final step's included, kept
+    trained = load_file(ws / "models/experts/model.safetensors")
+    resume = ws / "models/.resume/experts"
+    assert (resume / "step-00000004.json").is_file(), sorted(p.name for p in resume.iterdir())
+
+    (ws / "models/experts/model.safetensors").unlink()  # as DVC does before it reruns a stage
+    server, url = start_mlflow(root, port, backend)  # the server is back
+    try:
+        rerun = subprocess.run([sys.executable, "-m", "tasks.train", "experts"], cwd=ws, env=env,
+                               capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        client = MlflowClient(url)
+        experiment = client.get_experiment_by_name("faults").experiment_id
+        runs = client.search_runs([experiment], order_by=["attribute.start_time ASC"])
+        # the first never learned it failed: the server was down when it ended
+        assert [r.info.status for r in runs] == ["RUNNING", "FINISHED"]
+        first, retry = (r.info.run_id for r in runs)
+        # the retry resumed at the last step: it trained nothing, and uploaded the model
+        # the first run's 4 steps: sent, or (the server gone at the end) spilled to a file
+        spill = ws / "reports/experts.unsent_metrics.jsonl"
+        spilled = [json.loads(r) for r in spill.read_text().splitlines()] if spill.exists() else []
+        sent = client.get_metric_history(first, "train_loss")
+        assert len(sent) + sum(r["key"] == "train_loss" for r in spilled) == 4
+        assert client.get_metric_history(retry, "train_loss") == []
+        assert "final_val_loss" in client.get_run(retry).data.metrics
+        uploaded = {a.path for a in client.list_artifacts(retry, "checkpoint")}
+        assert uploaded == {"checkpoint/model.safetensors", "checkpoint/config.json"}
+    finally:
+        server.stop()
+    again = load_file(ws / "models/experts/model.safetensors")
+    assert again.keys() == trained.keys() and all(torch.equal(again[k], trained[k]) for k in again)
+    assert not resume.exists()  # deleted only once the upload went through
 
 
 # -- two registrations at once ----------------------------------------------------------------

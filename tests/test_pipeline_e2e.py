@@ -147,6 +147,15 @@ def test_second_repro_reruns_nothing_and_metrics_show(project):
     assert "reports/metrics.json" in shown and "stage_b" in shown
 
 
+def test_summary_after_repro_is_a_narrow_table_of_every_system(project):
+    out = run([sys.executable, "-m", "tasks.summary"], project).stdout
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    table = [line for line in out.splitlines() if line.startswith("  ") and "/" not in line]
+    assert [line.split()[0] for line in table] == ["system", *metrics["systems"]]
+    assert "joint-jointcfg *" in out and max(len(line) for line in table) <= 100
+    assert "reports/samples/systems.png" in out and "registry" in out.lower()
+
+
 def test_registered_champion_loads_in_a_fresh_process(project):
     script = (
         "import mlflow, json;"

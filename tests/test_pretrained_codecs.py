@@ -1,7 +1,7 @@
 """The `svd` and `audioldm2` codecs, on tiny random models of the real classes.
 
 Each model is saved with `save_pretrained` in the Hugging Face snapshot layout (vae/, vocoder/)
-and loaded back through the project's builder (`tasks.common.codec_from`), then compared with
+and loaded back through the project's builder (`tasks.encoding.codec_from`), then compared with
 calling the diffusers / transformers model directly. The mel front end is compared with a
 reference computed by hand from the Slaney mel definitions.
 """
@@ -24,7 +24,8 @@ from jointdit.codecs.audioldm2 import (
     mel_filterbank,
 )
 from jointdit.codecs.svd import SVDCodecConfig, SVDVideoCodec
-from tasks.common import codec_from, load_params
+from tasks.encoding import codec_from
+from tasks.params import load_params
 from tests.pretrained_fixtures import SR, audio_vae, save_svd_vae, save_vocoder
 
 SVD_SCALE = 0.25  # not the default 0.18215: a missed or doubled scaling shows
@@ -403,7 +404,7 @@ def test_the_served_model_builds_the_training_codec_and_says_which_decoder(snaps
 
     from jointdit.checkpoint import save_checkpoint
     from jointdit.model.jointdit import JointDiT
-    from tasks.common import model_config
+    from tasks.model_config import model_config
     from tasks.pyfunc_model import JointDiTPyfunc
 
     params = params_with(

@@ -27,7 +27,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from jointdit.data.shards import load_split
-from tasks.common import load_params
+from tasks.params import load_params
 from tasks.profiles import load_profile, overlay
 from tests.pretrained_fixtures import (
     AUDIOLDM_TINY,

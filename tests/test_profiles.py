@@ -16,7 +16,9 @@ from jointdit.conditioning import conditioning_dims
 from jointdit.config import from_dict
 from jointdit.model.joint import BackboneModelConfig
 from jointdit.training import TrainConfig
-from tasks.common import codec_config, conditioning_from, load_params, model_config
+from tasks.encoding import codec_config, conditioning_from
+from tasks.model_config import model_config
+from tasks.params import load_params
 from tasks.profiles import load_profile, overlay, set_params_args
 
 REPO = Path(__file__).resolve().parent.parent

@@ -159,9 +159,10 @@ def test_checkpoints_of_another_run_are_discarded(tmp_path):
     other = dataclasses.replace(CFG, lr=1e-3)
     _run(tmp_path, other, log=lambda step, rec: logged.append(step))
     assert logged[0] == 1  # started over: a resumed lr=3e-3 run is not an lr=1e-3 run
+    # the new run's own: every 3 steps and the last one, the newest two kept
     assert sorted(p.name for p in tmp_path.glob("*.json")) == [
-        "step-00000003.json",
         "step-00000006.json",
+        "step-00000007.json",
     ]
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.common import mlflow_run, provenance_tags
+from tasks.mlflow_runs import mlflow_run, provenance_tags
 from tasks.tracking import MetricBuffer
 
 MLFLOW = Path(sys.executable).with_name("mlflow")

@@ -25,7 +25,8 @@ from jointdit.data.media import fit_frame, read_clip, read_windows, write_clip
 from jointdit.data.shards import build_shards, load_split, shard_clips, write_shard
 from jointdit.data.windows import plan_windows
 from tasks import cache as cache_task
-from tasks.common import codec_from, load_params
+from tasks.encoding import codec_from
+from tasks.params import load_params
 
 SR = 16000
 CLICKS_S = (0.3, 1.25, 2.6, 3.1, 4.45, 5.7, 6.2, 7.85, 8.9, 9.6)  # gaps unlike the 1 s hop

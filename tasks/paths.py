@@ -1,0 +1,23 @@
+"""Where the stages read and write in the workspace, and how a report is written there."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+RAW = Path("data/raw")
+VALIDATED = Path("data/validated")
+CACHE = Path("data/cache")
+MODELS = Path("models")
+REPORTS = Path("reports")
+PLOTS = REPORTS / "plots"
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomically: a reader never sees half a report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+    os.replace(tmp, path)
