@@ -11,7 +11,7 @@ COMPILE := $(VENV)/bin/uv pip compile -q --universal --python-version 3.11 --gen
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install lock system-deps repro test lint
+.PHONY: install lock system-deps repro seeds test lint
 
 $(STAMP): $(LOCK) pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,6 +30,11 @@ lock: install
 repro: install
 	dvc repro
 	$(PY) -m tasks.summary
+
+# The paper's claims over three data + training seeds (three pipelines up to evaluate, about
+# 40 minutes on 2 cores): reports/seeds.md
+seeds: install
+	$(PY) -m tasks.seeds
 
 # Debian packages the tests need, each only when missing: PostgreSQL's binaries (the MLflow on
 # PostgreSQL test starts its own cluster on a free port; the packaged service is not used) and

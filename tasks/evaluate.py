@@ -34,6 +34,7 @@ from jointdit.data.shards import load_split
 from jointdit.encoders.clip import ClipConfig, ClipEncoder
 from jointdit.flow import FlowConfig
 from jointdit.generate import SampleConfig, generate
+from jointdit.metrics.claims import compare
 from jointdit.metrics.i3d import NUM_FRAMES, I3DEmbedder
 from jointdit.metrics.oracle import impact_times
 from jointdit.metrics.suite import (
@@ -222,7 +223,7 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
             media[name] = decode(codec, *latents)
         log.info("evaluate: sampled %s (%d clips)", name, n)
 
-    table, per_sample, events = {}, [], {}
+    table, per_sample, events, scores = {}, [], {}, {}
     with timer("score"):
         for name, clips in media.items():
             table[name], rows, events[name] = score_system(
@@ -232,6 +233,7 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
                 params,
                 embedders,
             )
+            scores[name] = rows
             for i, row in enumerate(rows):
                 per_sample.append(
                     {
@@ -252,12 +254,28 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
         "val_loss": val_loss,
         "condition_sensitivity": sensitivity,
         "systems": table,
+        "claims": claims(scores, default_system, ev),
     }
     with timer("write"):
         write_reports(metrics, per_sample, media, events, val.clips, params)
     log.info("evaluate: seconds per phase %s", {k: round(v, 1) for k, v in timer.seconds.items()})
     log_to_mlflow(params, metrics, timer.seconds)
     return metrics
+
+
+def claims(
+    scores: dict[str, list[dict[str, float]]], default_system: str, ev: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The paper's two claims on this run, clip by clip on `evaluate.claim_metric`: the joint
+    model beats its experts (the iso baseline), and JointCFG beats no guidance."""
+    metric = ev["claim_metric"]
+    pairs = [(default_system, f"iso-{ev['baseline_guidance']}"), ("joint-jointcfg", "joint-none")]
+    return [
+        compare(a, b, metric, [r[metric] for r in scores[a]], [r[metric] for r in scores[b]])
+        .to_dict()
+        for a, b in pairs
+        if a in scores and b in scores and metric in scores[a][0]
+    ]
 
 
 def write_reports(

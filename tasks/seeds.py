@@ -2,8 +2,8 @@
 
 For each seed s the pipeline runs up to `evaluate` as a DVC experiment `seeds-<s>` with
 `seed` (training) and `data.synthetic.seed` (the clips) set to s; its metrics.json and
-per_sample.csv are kept under reports/seeds/seed-<s>/. Then, per seed, each claim compares two
-systems of that run on `metric`, clip by clip (jointdit.metrics.claims):
+per_sample.csv are kept under reports/seeds/seed-<s>/. Each run's evaluate has tested the
+paper's claims on its clips (metrics.json `claims`, on `evaluate.claim_metric`):
 
 - joint attention helps: `joint-<sample.guidance>` beats `iso-<baseline_guidance>`;
 - JointCFG helps: `joint-jointcfg` beats `joint-none`.
@@ -21,16 +21,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from jointdit.metrics.claims import Comparison, compare
-from tasks.common import REPORTS, get_logger, load_params, write_json
+from tasks.logs import get_logger
+from tasks.params import load_params
+from tasks.paths import REPORTS, write_json
 
 SEEDS_DIR = REPORTS / "seeds"
+PARAMS = Path("params.yaml")  # the file `dvc exp run -S` edits
 HEADLINE = ("oracle_f1", "onsets", "objects_kept", "psnr", "fd_frames", "fd_logmel")
 
 
-def run_seed(seed: int, params_file: Path) -> Path:
+def run_seed(seed: int) -> Path:
     """The pipeline up to evaluate with every seed set to `seed`; returns its kept reports."""
     cmd = [
         sys.executable, "-m", "dvc", "exp", "run", "--name", f"seeds-{seed}",
@@ -43,23 +43,6 @@ def run_seed(seed: int, params_file: Path) -> Path:
     for name in ("metrics.json", "per_sample.csv"):
         (out / name).write_bytes((REPORTS / name).read_bytes())
     return out
-
-
-def claims_of(run: Path, params: dict[str, Any], metric: str) -> list[Comparison]:
-    metrics = json.loads((run / "metrics.json").read_text())
-    rows = pd.read_csv(run / "per_sample.csv")
-    ev = params["evaluate"]
-    pairs = [
-        (metrics["default_system"], f"iso-{ev['baseline_guidance']}"),
-        ("joint-jointcfg", "joint-none"),
-    ]
-
-    def scores(system: str) -> list[float]:
-        if system not in set(rows["system"]):
-            raise ValueError(f"{run}: no system {system!r} (evaluate.guidances {ev['guidances']})")
-        return rows[rows["system"] == system].sort_values("clip")[metric].tolist()
-
-    return [compare(a, b, metric, scores(a), scores(b)) for a, b in pairs]
 
 
 def table(results: dict[int, dict[str, Any]], metric: str) -> str:
@@ -84,20 +67,18 @@ def table(results: dict[int, dict[str, Any]], metric: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def seeds(params_file: Path, seeds: list[int], metric: str) -> dict[int, dict[str, Any]]:
+def seeds(seeds: list[int], params_file: Path = PARAMS) -> dict[int, dict[str, Any]]:
     params = load_params(params_file)
+    metric = params["evaluate"]["claim_metric"]
     default = params["seed"]
     order = [s for s in seeds if s != default] + [s for s in seeds if s == default]
     original = params_file.read_bytes()
     results: dict[int, dict[str, Any]] = {}
     try:
         for seed in order:
-            run = run_seed(seed, params_file)
+            run = run_seed(seed)
             metrics = json.loads((run / "metrics.json").read_text())
-            results[seed] = {
-                "claims": [c.to_dict() for c in claims_of(run, params, metric)],
-                "systems": metrics["systems"],
-            }
+            results[seed] = {"claims": metrics["claims"], "systems": metrics["systems"]}
     finally:
         params_file.write_bytes(original)  # dvc exp run -S leaves its values in params.yaml
     results = dict(sorted(results.items()))
@@ -111,10 +92,8 @@ def seeds(params_file: Path, seeds: list[int], metric: str) -> dict[int, dict[st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--metric", default="oracle_f1")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
-    seeds(args.params, args.seeds, args.metric)
+    seeds(args.seeds)
 
 
 if __name__ == "__main__":
