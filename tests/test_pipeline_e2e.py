@@ -200,7 +200,7 @@ def test_pipeline_flow_runs_the_dvc_stages_and_the_gate_holds(
     registry = json.loads((project / "reports/registry.json").read_text())
     assert registry["version"] == 2 and registry["candidate"] == 2
     assert registry["champion"] == 1 and not registry["promoted"]
-    assert "does not beat" in registry["reason"] and "av_align must beat" in registry["rule"]
+    assert "does not beat" in registry["reason"] and "oracle_f1 must beat" in registry["rule"]
 
 
 def test_pipeline_flow_rejects_unknown_stages(prefect_harness):
