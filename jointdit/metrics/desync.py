@@ -20,6 +20,7 @@ Clips shorter than 4.8 s have no window and are refused.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -168,9 +169,9 @@ class DeSyncScorer:
         """DeSync of one clip: the mean absolute offset of its two windows, in seconds."""
         return float(np.abs(self.offsets(frames, fps, audio, sample_rate)).mean())
 
-    def _batched(self, network, inputs: Tensor) -> Tensor:
+    def _batched(self, network: Callable[[Tensor], Tensor], inputs: Tensor) -> Tensor:
         parts = [
             network(inputs[i : i + self.batch_size].to(self.device))
             for i in range(0, len(inputs), self.batch_size)
         ]
-        return torch.cat(parts).cpu()
+        return torch.cat(parts)
