@@ -3,7 +3,8 @@
 On the default clip (2 s, 8 fps, 32x32, 16 kHz; a synthetic clip) prints milliseconds per clip
 for each metric of the evaluation suite, and for FAD's VGGish and FVD's I3D networks (random
 weights: the cost does not depend on the values), next to the baseline: sampling the same clip
-with the default model and guidance (untrained weights, same cost) and decoding it.
+with the default model and guidance (untrained weights, same cost) and decoding it. DeSync
+(Synchformer) is not measured: its protocol needs clips of at least 4.8 s.
 
     python benchmarks/metrics_cost.py [--repeats 5] [--threads 2]
 """
@@ -27,7 +28,7 @@ from jointdit.metrics.fidelity import psnr, ssim
 from jointdit.metrics.frechet import frames_embedding, logmel_embedding
 from jointdit.metrics.i3d import I3D, I3DEmbedder
 from jointdit.metrics.oracle import impact_times
-from jointdit.metrics.sync import audio_onsets, video_peaks
+from jointdit.metrics.sync import audio_onsets, audio_onsets_fine, video_peaks, video_peaks_fine
 from jointdit.metrics.vggish import VGGish, VGGishEmbedder
 from jointdit.model.jointdit import JointDiT
 from tasks.encoding import codec_from
@@ -94,8 +95,10 @@ def main() -> None:
             "baseline: decode (patch codec, Griffin-Lim)",
             lambda: (codec.decode_video(video), codec.decode_audio(latent_audio)),
         ),
-        ("audio onsets (AV-Align)", lambda: audio_onsets(audio, sr)),
+        ("audio onsets (AV-Align, librosa)", lambda: audio_onsets(audio, sr)),
         ("video peaks, Farneback flow (AV-Align)", lambda: video_peaks(frames, fps)),
+        ("audio onsets (fine; also the oracle's)", lambda: audio_onsets_fine(audio, sr)),
+        ("video peaks, flow at 128 px (fine)", lambda: video_peaks_fine(frames, fps)),
         ("object tracking + impacts (oracle)", lambda: impact_times(frames, fps)),
         (
             "PSNR + SSIM, first frame",

@@ -224,7 +224,7 @@ def start_worker(env: dict[str, str], pool: str, log: Path) -> Server:
 # -- a registered tiny model ------------------------------------------------------------------
 
 
-def tiny_workspace(root: Path, av_align: float = 0.5) -> Path:
+def tiny_workspace(root: Path, primary: float = 0.5) -> Path:
     """A workspace the `register` step accepts: params, a tiny Stage B checkpoint, metrics.
 
     Stands in for `dvc repro` up to evaluate (what test_pipeline_e2e runs, minutes) when only
@@ -237,7 +237,8 @@ def tiny_workspace(root: Path, av_align: float = 0.5) -> Path:
     torch.manual_seed(0)
     model = randomize(JointDiT(model_config(params, codec_from(params))))
     save_checkpoint(root / "models" / "stage_b", model)
-    row = {"av_align": av_align, "fd_logmel": 1.0, "fd_frames": 1.0}
+    gate = params["register"]["gate"]
+    row = {gate["primary"]: primary, **dict.fromkeys(gate["guards"], 1.0)}
     metrics = {"default_system": "joint-jointcfg", "protocol": "p1",
                "systems": {"joint-jointcfg": row}}  # fmt: skip
     (root / "reports").mkdir()

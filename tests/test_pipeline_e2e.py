@@ -118,7 +118,9 @@ def test_every_stage_wrote_its_outputs(project):
     }
     assert metrics["default_system"] == "joint-jointcfg"
     assert metrics["n_samples"] == 2 and metrics["n_reference"] == 4
-    assert metrics["embedders"] == {"vggish": True, "i3d": False, "clip": False}
+    assert metrics["embedders"] == {
+        "vggish": True, "i3d": False, "clip": False, "synchformer": False
+    }
     for name, row in systems.items():
         assert 0.0 <= row["av_align"] <= 1.0 and 0.0 <= row["oracle_f1"] <= 1.0
         assert row["n_samples"] == 2
@@ -126,6 +128,8 @@ def test_every_stage_wrote_its_outputs(project):
             # one 0.96 s VGGish example per 1 s clip
             assert row["n_logmel"] == 2 and row["n_vggish"] == 2 and np.isfinite(row["fad"])
             assert "fvd" not in row  # no I3D weights: never a made-up FVD
+        assert "desync" not in row  # no Synchformer weights: recorded in `embedders` above
+        assert 0.0 <= row["av_align_fine"] <= 1.0
         if name.startswith(("joint", "iso")):
             assert 0.0 < row["ssim"] <= 1.0 and np.isfinite(row["psnr"])
     per_sample = pd.read_csv(project / "reports/per_sample.csv")
@@ -205,7 +209,7 @@ def test_pipeline_flow_runs_the_dvc_stages_and_the_gate_holds(
     registry = json.loads((project / "reports/registry.json").read_text())
     assert registry["version"] == 2 and registry["candidate"] == 2
     assert registry["champion"] == 1 and not registry["promoted"]
-    assert "does not beat" in registry["reason"] and "av_align must beat" in registry["rule"]
+    assert "does not beat" in registry["reason"] and "oracle_f1 must beat" in registry["rule"]
 
 
 def test_pipeline_flow_rejects_unknown_stages(prefect_harness):

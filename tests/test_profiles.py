@@ -50,6 +50,8 @@ def test_gpu_profile_is_the_paper_scale_pretrained_system():
     params = overlay(load_params(REPO / "params.yaml"), load_profile("gpu", REPO / "profiles"))
     clip = params["clip"]
     assert (clip["width"], clip["height"], clip["sample_rate"]) == (576, 320, 16000)
+    # real clips: no impact oracle, so the gate reads a metric that evaluate still writes
+    assert not params["evaluate"]["oracle"] and params["register"]["gate"]["primary"] == "av_align"
     assert clip["duration_s"] * clip["fps"] == 14 and clip["fps"] == 7
 
     codec = codec_config(params)

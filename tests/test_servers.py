@@ -19,7 +19,7 @@ from tests.servers import (
     register_env,
     tiny_workspace,
 )
-from tests.test_pipeline_e2e import TINY_CLIP
+from tests.test_pipeline_e2e import TINY_CLIP, tiny_params
 
 pytest_plugins = ("tests.servers",)  # the server fixtures
 
@@ -50,7 +50,8 @@ def test_mlflow_on_postgres_registers_and_serves_a_model(
 
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     version = client.get_model_version_by_alias("jointdit", "champion")
-    assert version.version == "1" and version.tags["av_align"] == "0.500000"
+    primary = tiny_params()["register"]["gate"]["primary"]
+    assert version.version == "1" and version.tags[primary] == "0.500000"
     # set_tracking_uri also exports $MLFLOW_TRACKING_URI (for subprocesses): setenv first, so
     # that monkeypatch puts the variable back as it was and later tests' steps log where
     # they mean to

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from jointdit.metrics.sync import audio_onsets, onset_f1
+from jointdit.metrics.sync import audio_onsets_fine, onset_f1
 
 # Chroma (max - min channel) of the palette is 160-195 and of the background and floor 0-8.
 # The threshold sits far from both, so pixel noise of sigma 8 almost never crosses it and a
@@ -111,7 +111,7 @@ def oracle_sync(
     sounds with a visible cause, recall the share of visible impacts that are heard.
     """
     return onset_f1(
-        audio_onsets(audio, sample_rate),
+        audio_onsets_fine(audio, sample_rate),
         impact_times(frames, fps),
         tolerance_s=TOLERANCE_FRAMES / fps,
     )

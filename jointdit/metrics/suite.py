@@ -6,9 +6,10 @@ per-sample scores plus the distances of its feature sets to one reference set of
 Every set distance is reported with the number of feature vectors it was computed from:
 Fréchet distances are biased by that count and only compare at equal counts.
 
-Metric names say what they are. ``fad`` / ``fvd`` / ``kvd`` exist only when the VGGish / I3D
-weights were given; the parameter-free ``*_logmel`` / ``*_frames`` distances always exist and
-are not comparable with published numbers.
+Metric names say what they are. ``fad`` / ``fvd`` / ``kvd`` / ``desync`` exist only when the
+VGGish / I3D / Synchformer weights were given; the parameter-free ``*_logmel`` / ``*_frames``
+distances always exist and are not comparable with published numbers; ``av_align`` is AV-Align
+as published, ``av_align_fine`` the project's variant, not comparable with published numbers.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from jointdit.encoders.clip import ClipEncoder
+from jointdit.metrics.desync import DeSyncScorer
 from jointdit.metrics.fidelity import psnr, ssim
 from jointdit.metrics.frechet import (
     frames_embedding,
@@ -28,7 +30,14 @@ from jointdit.metrics.frechet import (
 )
 from jointdit.metrics.i3d import I3DEmbedder
 from jointdit.metrics.oracle import objects_kept, oracle_sync
-from jointdit.metrics.sync import audio_onsets, event_iou, video_peaks
+from jointdit.metrics.sync import (
+    audio_onsets,
+    audio_onsets_fine,
+    event_iou,
+    event_iou_fine,
+    video_peaks,
+    video_peaks_fine,
+)
 from jointdit.metrics.vggish import VGGishEmbedder
 
 Media = tuple[np.ndarray, np.ndarray]
@@ -41,7 +50,7 @@ DISTANCES = {
     "i3d": ("fvd", "kvd"),
 }
 
-SEM_KEYS = ("av_align", "oracle_f1", "objects_kept", "onsets")
+SEM_KEYS = ("av_align", "av_align_fine", "oracle_f1", "objects_kept", "onsets", "desync")
 
 
 @dataclass
@@ -51,11 +60,12 @@ class Embedders:
     vggish: VGGishEmbedder | None = None
     i3d: I3DEmbedder | None = None
     clip: ClipEncoder | None = None
+    synchformer: DeSyncScorer | None = None
 
 
 @dataclass
 class Events:
-    """What AV-Align saw in one clip, kept for the contact sheets."""
+    """What AV-Align (as published) saw in one clip, kept for the contact sheets."""
 
     onsets: np.ndarray  # audio onset times (s)
     peaks: np.ndarray  # video motion peak times (s)
@@ -64,17 +74,22 @@ class Events:
 def sample_scores(
     media: Media, fps: float, sample_rate: int, image: np.ndarray | None, oracle: bool
 ) -> tuple[dict[str, float], Events]:
-    """Sync (AV-Align; the tracking oracle when asked) and first-frame fidelity of one clip.
+    """Sync (AV-Align, its fine variant; the tracking oracle when asked) and first-frame
+    fidelity of one clip, with the event counts behind each AV-Align score.
 
     ``image`` is the conditioning image (uint8, the frames' size); None for real clips, whose
     first frame *is* the image.
     """
     frames, audio = media
     onsets, peaks = audio_onsets(audio, sample_rate), video_peaks(frames, fps)
+    onsets_fine, peaks_fine = audio_onsets_fine(audio, sample_rate), video_peaks_fine(frames, fps)
     row = {
         "av_align": event_iou(onsets, peaks, fps),
         "onsets": float(len(onsets)),
         "peaks": float(len(peaks)),
+        "av_align_fine": event_iou_fine(onsets_fine, peaks_fine, fps),
+        "onsets_fine": float(len(onsets_fine)),
+        "peaks_fine": float(len(peaks_fine)),
     }
     if oracle:
         row.update(
