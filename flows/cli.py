@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -55,7 +56,12 @@ def main(argv: list[str] | None = None) -> None:
         dvc_args = ["exp", "run", "--name", args.name, *set_params_args(profile)]
         print(shlex.join(["dvc", *dvc_args]))  # to copy, edit (e.g. paths) and run
         if args.run:
-            sys.exit(subprocess.run([sys.executable, "-m", "dvc", *dvc_args]).returncode)
+            # DVC runs each stage's `python -m tasks.X`: this environment's python, activated
+            # or not (`.venv/bin/jointdit profile film --run`).
+            bin_dir = os.path.dirname(sys.executable)
+            env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
+            done = subprocess.run([sys.executable, "-m", "dvc", *dvc_args], env=env)
+            sys.exit(done.returncode)
     elif args.command == "sample":
         from flows.sample import sample
 
