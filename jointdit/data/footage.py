@@ -138,6 +138,7 @@ def cut_at_key_frames(film: Path, out_dir: Path, part_s: float, stem: str) -> li
     sound may start or end a few hundredths of a second off its pictures, as in the film.
     """
     parts: list[Path] = []
+    out_dir.mkdir(parents=True, exist_ok=True)
     with av.open(str(film)) as source:
         video, audio = source.streams.video[0], source.streams.audio[0]
         writer = None
@@ -156,9 +157,12 @@ def cut_at_key_frames(film: Path, out_dir: Path, part_s: float, stem: str) -> li
                     parts.append(target)
                 if writer is not None:
                     writer.mux(packet, packet.stream is video)
-        finally:
+        except BaseException:
             if writer is not None:
-                writer.close()
+                writer.abort()
+            raise
+        if writer is not None:
+            writer.close()
     return parts
 
 
@@ -189,6 +193,11 @@ class _PartWriter:
     def close(self) -> None:
         self._out.close()
         os.replace(self._tmp, self._target)
+
+    def abort(self) -> None:
+        """Close and remove the unfinished part: no partial file gets the final name."""
+        self._out.close()
+        self._tmp.unlink(missing_ok=True)
 
 
 @contextmanager
