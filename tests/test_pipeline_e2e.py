@@ -94,12 +94,13 @@ def test_bad_inputs_are_rejected_with_reasons_and_the_rest_runs(project):
     rejected = pd.read_csv(project / "data/validated/rejected.csv")
     rejected = dict(zip(rejected["path"], rejected["code"], strict=True))
     assert rejected == {
-        "clips/corrupt.mp4": "unreadable",
-        "clips/empty.mp4": "empty_file",
+        "corrupt.mp4": "unreadable",  # not media: refused at fetch, never copied
+        "empty.mp4": "empty_file",
         "clips/no_audio.mp4": "no_audio",
     }
     report = json.loads((project / "reports/validation.json").read_text())
     assert report["n_inputs"] == 9 and report["n_accepted"] == 6 and report["n_rejected"] == 3
+    assert report["n_rejected_at_fetch"] == 2
 
 
 def test_every_stage_wrote_its_outputs(project):

@@ -9,20 +9,23 @@ from jointdit.data.manifest import RawManifest, RejectedManifest, ValidationConf
 from jointdit.data.sources import FETCH_REJECTED_NAME, fetch_folder, fetch_synthetic, write_raw
 from jointdit.data.synthetic import SyntheticConfig, make_clip
 from jointdit.data.validation import validate
+from tests.media_files import write
 
 
-@pytest.fixture
-def src(tmp_path):
-    # fetch_folder never opens files as media, so arbitrary bytes stand in for clips here.
-    root = tmp_path / "src"
-    (root / "sub").mkdir(parents=True)
-    (root / "a.mp4").write_bytes(b"clip a")
+@pytest.fixture(scope="module")
+def src(tmp_path_factory):
+    """Clips under any name (one without a video extension), a sidecar, and files that are
+    no clips whatever their names say."""
+    root = tmp_path_factory.mktemp("src")
+    (root / "sub").mkdir()
+    write(root / "a.mp4")
     (root / "a.txt").write_text("  a red ball bounces \n")
-    (root / "sub" / "b.MOV").write_bytes(b"clip b")
-    (root / "c.M4V").write_bytes(b"clip c")
+    write(root / "sub" / "b.MOV", fmt="mov")
+    write(root / "c.M4V", fmt="mp4", fps=10)
+    write(root / "really_a_video.dat", fmt="matroska")
     (root / "empty.mkv").write_bytes(b"")
     (root / "notes.txt").write_text("not a clip")
-    (root / "sound.wav").write_bytes(b"not a video")
+    write(root / "sound.wav", video=None, audio="pcm_s16le")
     return root
 
 
@@ -31,8 +34,12 @@ def test_fetch_folder_copies_and_lists_every_video_file(src, tmp_path):
     fetched = fetch_folder(src, raw_dir)
     df = fetched.manifest
 
-    assert list(df["path"]) == ["clips/a.mp4", "clips/c.M4V", "clips/empty.mkv", "clips/sub/b.MOV"]
-    assert fetched.rejected.empty
+    assert list(df["path"]) == [
+        "clips/a.mp4",
+        "clips/c.M4V",
+        "clips/really_a_video.dat",
+        "clips/sub/b.MOV",
+    ]
     for row in df.itertuples():
         copy = raw_dir / row.path
         original = src / row.path.removeprefix("clips/")
@@ -43,12 +50,24 @@ def test_fetch_folder_copies_and_lists_every_video_file(src, tmp_path):
     assert list(df["caption"]) == ["a red ball bounces", "", "", "a video of sub"]
     assert list(df["label"]) == ["", "", "", "sub"]
     assert set(df["events"]) == {""}
+    # Everything else is refused by content, named, and never copied; the sidecar is a caption.
+    refused = fetched.rejected
+    assert list(zip(refused["path"], refused["code"], strict=True)) == [
+        ("empty.mkv", "empty_file"),
+        ("notes.txt", "unreadable"),
+        ("sound.wav", "no_video"),
+    ]
+    assert list(refused["reason"].str.slice(0, 36)) == [
+        "empty.mkv: file is empty",
+        "notes.txt: not a media file FFmpeg c",
+        "sound.wav: no video stream (audio on",
+    ]
     # Atomic copies leave no temporaries behind.
     assert sorted(p.name for p in (raw_dir / "clips").rglob("*") if p.is_file()) == [
         "a.mp4",
         "b.MOV",
         "c.M4V",
-        "empty.mkv",
+        "really_a_video.dat",
     ]
 
 
@@ -95,7 +114,8 @@ def test_captions_csv_sidecars_and_labels(tmp_path):
     root = tmp_path / "src"
     for name in ("dog_bark/x.mp4", "dog_bark/y.mp4", "rain/z.webm", "top.avi"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(name.encode())
+        webm = name.endswith("webm")
+        write(root / name, video="libvpx" if webm else "mpeg4", audio="libopus" if webm else "mp2")
     (root / "dog_bark" / "y.txt").write_text("the sidecar wins")
     (root / "captions.csv").write_text(
         "path,caption\n"
@@ -122,7 +142,7 @@ def test_captions_csv_sidecars_and_labels(tmp_path):
         {
             "path": "gone.mp4",
             "code": "missing_file",
-            "reason": f"captions.csv names 'gone.mp4', which is not a video file in {root}",
+            "reason": f"captions.csv names 'gone.mp4', which is not a file in {root}",
         }
     ]
     uncaptioned = fetch_folder(root, tmp_path / "raw2", label_captions=False).manifest
@@ -134,7 +154,7 @@ def test_paths_leaving_the_folder_are_refused_and_never_read(tmp_path):
     root.mkdir()
     (tmp_path / "secret.mp4").write_bytes(b"not yours")
     (tmp_path / "secret.txt").write_text("not yours either")
-    (root / "ok.mp4").write_bytes(b"clip")
+    write(root / "ok.mp4")
     os.symlink(tmp_path / "secret.mp4", root / "link.mp4")
     os.symlink(tmp_path / "secret.txt", root / "ok.txt")  # a sidecar that leaves the folder
     (root / "captions.csv").write_text(

@@ -29,8 +29,8 @@ from tasks.validate import validation_config
 
 GOOD = [f"clips/good{i}.mp4" for i in range(4)]
 EXPECTED_REJECTIONS = {
-    "clips/corrupt.mp4": "unreadable",
-    "clips/empty.mp4": "empty_file",
+    "corrupt.mp4": "unreadable",  # refused at fetch: not media, so never copied
+    "empty.mp4": "empty_file",
     "clips/quiet.mp4": "silent",
     "clips/short.mp4": "too_short",
     "clips/video_only.mp4": "no_audio",
@@ -62,8 +62,9 @@ def folder(tmp_path_factory):
     (src / "empty.mp4").write_bytes(b"")
     shutil.copy(src / "good0.mp4", src / "zz_copy_of_good0.mp4")
     raw_dir = root / "raw"
-    raw = fetch_folder(src, raw_dir).manifest
-    return raw, raw_dir, validate(raw, raw_dir, ValidationConfig())
+    fetched = fetch_folder(src, raw_dir)
+    result = validate(fetched.manifest, raw_dir, ValidationConfig(), fetched.rejected)
+    return fetched, raw_dir, result
 
 
 def test_accepts_exactly_the_good_clips(folder):
@@ -75,7 +76,7 @@ def test_accepts_exactly_the_good_clips(folder):
 
 
 def test_rejects_each_bad_file_with_its_code_and_name(folder):
-    raw, _, result = folder
+    fetched, _, result = folder
     assert dict(zip(result.rejected["path"], result.rejected["code"], strict=True)) == (
         EXPECTED_REJECTIONS
     )
@@ -84,7 +85,7 @@ def test_rejects_each_bad_file_with_its_code_and_name(folder):
     reasons = result.rejected.set_index("path")["reason"]
     assert "0.250 s long, shorter than the 1.0 s minimum" in reasons["clips/short.mp4"]
     assert "-120.0 dBFS RMS, below -60.0 dBFS" in reasons["clips/quiet.mp4"]
-    assert len(result.accepted) + len(result.rejected) == len(raw)
+    assert len(result.accepted) + len(result.rejected) == len(fetched.manifest) + 2
 
 
 def test_split_has_both_sides_and_is_stable(folder):
@@ -107,12 +108,12 @@ def test_split_has_both_sides_and_is_stable(folder):
 
 
 def test_report_counts_match_and_serialise(folder):
-    raw, _, result = folder
+    fetched, _, result = folder
     report = json.loads(json.dumps(result.report, allow_nan=False))
-    assert report["n_inputs"] == len(raw) == 10
+    assert report["n_inputs"] == len(fetched.manifest) + len(fetched.rejected) == 10
     assert report["n_accepted"] == 4
     assert report["n_rejected"] == 6
-    assert report["n_rejected_at_fetch"] == 0
+    assert report["n_rejected_at_fetch"] == 2
     assert report["n_train"] + report["n_val"] == 4
     assert report["rejected_by_code"] == {
         "duplicate": 1,
@@ -159,7 +160,8 @@ def test_gx_report_flags_a_violating_table(folder):
 
 
 def test_checksum_path_and_missing_file_rejections(folder):
-    raw, raw_dir, _ = folder
+    fetched, raw_dir, _ = folder
+    raw = fetched.manifest
     tampered = raw[raw["path"].isin(GOOD[:3])].reset_index(drop=True)
     tampered.loc[0, "sha256"] = "0" * 64
     tampered.loc[1, "path"] = "../../etc/passwd"
@@ -170,7 +172,8 @@ def test_checksum_path_and_missing_file_rejections(folder):
 
 
 def test_thresholds_come_from_the_config(folder):
-    raw, raw_dir, _ = folder
+    fetched, raw_dir, _ = folder
+    raw = fetched.manifest
     good = raw[raw["path"].isin(GOOD)]
     result = validate(good, raw_dir, ValidationConfig(min_fps=10.0))
     assert set(result.rejected["code"]) == {"schema"}
@@ -229,7 +232,8 @@ def test_read_manifest_names_the_file_it_rejects(tmp_path):
 
 
 def test_fetch_refusals_are_merged_and_counted(folder):
-    raw, raw_dir, _ = folder
+    fetched, raw_dir, _ = folder
+    raw = fetched.manifest
     refused = pd.DataFrame(
         [{"path": "../x.mp4", "code": "path_escape", "reason": "'../x.mp4' leaves the folder"}]
     )

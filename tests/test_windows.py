@@ -1,4 +1,5 @@
-"""Training windows: planning, one-pass decoding, alignment, normalisation and resumable caching."""
+"""Training windows: planning, one-pass and seeking decoding, alignment, normalisation and
+resumable caching."""
 
 from __future__ import annotations
 
@@ -21,12 +22,13 @@ from jointdit.data.manifest import (
     WindowManifest,
     write_manifest,
 )
-from jointdit.data.media import fit_frame, read_clip, read_windows, write_clip
+from jointdit.data.media import DecodeCost, fit_frame, read_clip, read_windows, write_clip
 from jointdit.data.shards import build_shards, load_split, shard_clips, write_shard
 from jointdit.data.windows import plan_windows
 from tasks import cache as cache_task
 from tasks.encoding import codec_from
 from tasks.params import load_params
+from tests.media_files import write
 
 SR = 16000
 CLICKS_S = (0.3, 1.25, 2.6, 3.1, 4.45, 5.7, 6.2, 7.85, 8.9, 9.6)  # gaps unlike the 1 s hop
@@ -106,7 +108,12 @@ def test_plan_windows_counts_hops_caps_and_rejects_short_clips():
     assert plan_windows(10.0, 2.0, 1.0, 20) == [float(k) for k in range(9)]
     assert plan_windows(10.0, 2.0, 3.0, 8) == [0.0, 3.0, 6.0]  # whole windows only
     assert plan_windows(5.0, 2.0, 0.1, 100)[:4] == [0.0, 0.1, 0.2, 0.3]
-    assert plan_windows(3 * 3600.0, 2.0, 2.0, 8) == [2.0 * k for k in range(8)]  # first N
+    assert plan_windows(60.0, 2.0, 2.0, 8) == [0.0, 8.0, 16.0, 24.0, 34.0, 42.0, 50.0, 58.0]
+    film = plan_windows(3 * 3600.0, 2.0, 2.0, 8)  # spread over the whole film, on the hop grid
+    assert film[0] == 0.0 and film[-1] == 3 * 3600.0 - 2.0 and len(film) == 8
+    assert all(s % 2.0 == 0 for s in film)
+    assert np.ptp(np.diff(film)) <= 2.0  # evenly, to the hop
+    assert plan_windows(600.0, 2.0, 2.0, 1) == [0.0]
     assert plan_windows(1.5, 2.0, 2.0, 8) == []
     with pytest.raises(ValueError):
         plan_windows(10.0, 2.0, 0.0, 8)
@@ -138,6 +145,89 @@ def test_windows_equal_slices_of_one_long_decode(long_clip):
         np.testing.assert_allclose(w.audio, whole.audio[lo : lo + 2 * SR], atol=1e-5)
         inside = [t - s for t in CLICKS_S if s + 0.05 < t < s + 1.95]
         assert np.allclose(peaks(w.audio, len(inside)), inside, atol=0.002)
+
+
+# -- far windows: a seek each, at bounded cost ---------------------------------------------------
+
+FAR_CLICKS_S = tuple(np.round(np.arange(0.37, 240.0, 1.53), 2))
+
+
+@pytest.fixture(scope="module", params=["mp4", "avi", "ts", "mkv", "mpg"])
+def far_clips(request, tmp_path_factory) -> tuple[dict[float, Path], int]:
+    """The same clip at 60 s and 240 s in one container, and its frame rate: clicks at
+    FAR_CLICKS_S, a key frame every 2 s (what cameras and encoders write; x264's default is 10 s
+    at 25 fps)."""
+    root = tmp_path_factory.mktemp("far")
+    codecs = {
+        "mp4": {"video": "libx264", "audio": "aac", "rate": 44100, "fps": 8},
+        "avi": {"video": "mpeg4", "audio": "libmp3lame", "rate": 44100, "fps": 8},
+        "mpg": {"video": "mpeg1video", "audio": "mp2", "rate": 44100, "fps": 25},  # MPEG-1 rates
+        "ts": {"video": "libx264", "audio": "aac", "rate": 48000, "fps": 8},
+        "mkv": {"video": "libx264", "audio": "libopus", "rate": 48000, "fps": 8},
+    }[request.param]
+    paths = {}
+    for seconds in (60.0, 240.0):
+        sound = clicks(seconds, codecs["rate"], FAR_CLICKS_S)
+        path = root / f"far{seconds:.0f}.{request.param}"
+        paths[seconds] = write(path, seconds, gop=2 * codecs["fps"], sound=sound, **codecs)
+    return paths, codecs["fps"]
+
+
+def test_far_windows_are_read_by_seeking_as_a_full_pass_reads_them(far_clips):
+    path = far_clips[0][60.0]
+    dense = read_windows(path, plan_windows(60.0, 2.0, 2.0, 30), 8.0, 16, 16, SR, 2.0)
+    starts = plan_windows(60.0, 2.0, 2.0, 7)  # 0, 10, 20, ...: 8 s apart, a seek each
+    cost = DecodeCost()
+    far = read_windows(path, starts, 8.0, 16, 16, SR, 2.0, cost)
+    # An MPEG program stream is read front to back: after a seek, FFmpeg stamps its frames
+    # one frame late.
+    assert cost.seeks >= len(starts) - 1 if path.suffix != ".mpg" else cost.seeks == 0
+    offsets = []
+    for s, w in zip(starts, far, strict=True):
+        same = dense[round(s / 2)]
+        np.testing.assert_array_equal(w.frames, same.frames)
+        # The audio grid is anchored at the video's time 0 in both: the same samples.
+        np.testing.assert_allclose(w.audio, same.audio, atol=1e-4)
+        inside = [t - s for t in FAR_CLICKS_S if s + 0.05 < t < s + 1.95]
+        offsets += list(np.subtract(peaks(w.audio, len(inside)), inside))
+    # In sync, in every window alike. MP3 in AVI starts with the encoder's delay (1105 samples,
+    # 25 ms): no AVI field says to drop it, so players and this reader keep it.
+    assert np.ptp(offsets) <= 0.002
+    assert abs(np.mean(offsets)) <= (0.026 if path.suffix == ".avi" else 0.002)
+
+
+def test_the_decode_cost_grows_with_the_windows_not_with_the_clip(far_clips):
+    paths, fps = far_clips
+    costs = {}
+    for seconds, path in paths.items():
+        starts = plan_windows(seconds, 2.0, 2.0, 8)
+        assert starts[-1] == seconds - 2.0  # the windows span the clip
+        costs[seconds] = DecodeCost()
+        read_windows(path, starts, 8.0, 16, 16, SR, 2.0, costs[seconds])
+    short, long = costs[60.0], costs[240.0]
+    if fps == 25:  # the MPEG program stream: read front to back, up to its last window
+        assert long.video_frames == 240 * fps and long.seeks == 0
+        return
+    # Per window: 2 s, the 1 s pre-roll, up to a 2 s key-frame interval (and the frames decoded
+    # while the audio, muxed up to 0.7 s behind, catches up).
+    bound = 8 * (2.0 + 1.0 + 2.0 + 1.0) * fps
+    assert short.video_frames <= bound and long.video_frames <= bound
+    assert long.video_frames < 240 * fps / 4  # under a quarter of the frames of the clip
+    assert long.audio_s <= 8 * 6.0
+    assert abs(long.video_frames - short.video_frames) <= 3 * 2 * fps
+
+
+def test_a_window_past_the_end_of_the_audio_is_silent(tmp_path):
+    """Audio that stops at 10 s of a 40 s clip: a seek to 30 s finds none, and the window is
+    read from the start, where the silence after the audio's end is known."""
+    path = write(tmp_path / "short_audio.mp4", 40.0, gop=16, audio_s=10.0, rate=SR)
+    cost = DecodeCost()
+    windows = read_windows(path, [0.0, 30.0], 8.0, 16, 16, SR, 2.0, cost)
+    assert np.abs(windows[0].audio).max() > 0.25  # the tone
+    assert np.abs(windows[1].audio).max() == 0
+    assert cost.passes_from_s[-1] == 0.0  # the last pass read from the start
+    moving = windows[1].frames.astype(float).std(axis=0).max()
+    assert moving > 10  # the square still moves: the frames are there
 
 
 def test_late_audio_stays_in_sync(tmp_path):

@@ -1,5 +1,6 @@
 """Codecs: media <-> latents. A video codec and an audio codec, chosen separately in params
-(`codec.video`, `codec.audio`), behind one interface; `patch` needs no weights (the default).
+(`codec.video`, `codec.audio`), behind one interface; `patch` needs no weights (the default);
+`hifigan` (audio) decodes with the universal HiFi-GAN vocoder, for real sound.
 
 `build_codec` is the one builder: the cache, train and evaluate steps and the served model all
 call it with the same `codec` params, so serving decodes with exactly the codec training used.
@@ -15,11 +16,12 @@ import numpy as np
 from torch import Tensor
 
 from jointdit.codecs.audioldm2 import AudioLDM2AudioCodec, AudioLDM2CodecConfig
+from jointdit.codecs.hifigan import HiFiGANAudioCodec, HiFiGANCodecConfig
 from jointdit.codecs.patch import PatchCodec, PatchCodecConfig
 from jointdit.codecs.svd import SVDCodecConfig, SVDVideoCodec
 
 VIDEO_CODECS = ("patch", "svd")
-AUDIO_CODECS = ("patch", "audioldm2")
+AUDIO_CODECS = ("patch", "audioldm2", "hifigan")
 
 
 class VideoCodec(Protocol):
@@ -60,11 +62,12 @@ class Codec(VideoCodec, AudioCodec, Protocol):
 @dataclass(frozen=True)
 class CodecConfig:
     video: str = "patch"  # patch | svd
-    audio: str = "patch"  # patch | audioldm2
+    audio: str = "patch"  # patch | audioldm2 | hifigan
     shard_size: int = 256  # windows per latent shard (the cache stage)
     patch: PatchCodecConfig = field(default_factory=PatchCodecConfig)
     svd: SVDCodecConfig = field(default_factory=SVDCodecConfig)
     audioldm2: AudioLDM2CodecConfig = field(default_factory=AudioLDM2CodecConfig)
+    hifigan: HiFiGANCodecConfig = field(default_factory=HiFiGANCodecConfig)
 
 
 class CodecPair:
@@ -114,5 +117,10 @@ def build_codec(cfg: CodecConfig, sample_rate: int) -> Codec:
     if "patch" in (cfg.video, cfg.audio):  # one instance when it serves both
         patch = PatchCodec(dataclasses.replace(cfg.patch, sample_rate=sample_rate))
     video = SVDVideoCodec(cfg.svd) if cfg.video == "svd" else patch
-    audio = AudioLDM2AudioCodec(cfg.audioldm2, sample_rate) if cfg.audio == "audioldm2" else patch
+    if cfg.audio == "audioldm2":
+        audio = AudioLDM2AudioCodec(cfg.audioldm2, sample_rate)
+    elif cfg.audio == "hifigan":
+        audio = HiFiGANAudioCodec(cfg.hifigan, sample_rate)
+    else:
+        audio = patch
     return CodecPair(video, audio)

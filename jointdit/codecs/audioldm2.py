@@ -1,13 +1,10 @@
 """Audio through AudioLDM2's VAE (diffusers `AutoencoderKL`) on AudioLDM2's log-mel.
 
 The front end is the one the checkpoint was trained on (`mel_spectrogram_train` of AudioLDM's
-training code, haoheliu/AudioLDM-training-finetuning, the HiFi-GAN recipe): 16 kHz, a periodic
-Hann window of 1024 with n_fft 1024 and hop 160, the signal reflect-padded by (n_fft - hop) / 2
-on each side and framed without centring (so S samples give exactly S / 160 frames, frame t
-centred on sample 160 t + 80), the magnitude (not power) spectrum, a 64-band Slaney mel filter
-bank (librosa's default: Slaney scale and area normalisation) over 0-8 kHz, and
-`log(clamp(mel, 1e-5))`. The VAE sees it as an image (B, 1, time, mel); its latents
-(B, C, time / d, mel / d) are exposed as (C, mel / d, time / d).
+training code, haoheliu/AudioLDM-training-finetuning, the HiFi-GAN recipe: `logmel`): 16 kHz,
+n_fft and window 1024, hop 160 (S samples give exactly S / 160 frames, frame t centred on
+sample 160 t + 80), 64 Slaney mel bands over 0-8 kHz. The VAE sees it as an image
+(B, 1, time, mel); its latents (B, C, time / d, mel / d) are exposed as (C, mel / d, time / d).
 
 Decoding: VAE -> log-mel -> waveform by the snapshot's HiFi-GAN vocoder (`vocoder/`,
 transformers `SpeechT5HifiGan`) when present and wanted, else by Griffin-Lim on the inverted
@@ -26,37 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-import torchaudio
 from torch import Tensor
 
+from jointdit.codecs.logmel import LogMel, MelSpec
 from jointdit.pretrained import check_class, load_frozen
 
-SAMPLE_RATE = 16000
-N_FFT = 1024
-WIN = 1024
-HOP = 160
-N_MELS = 64
-F_MIN = 0.0
-F_MAX = 8000.0
-LOG_FLOOR = 1e-5
-
-
-def mel_filterbank() -> Tensor:
-    """(N_FFT / 2 + 1, N_MELS): librosa.filters.mel's default Slaney scale and normalisation."""
-    return torchaudio.functional.melscale_fbanks(
-        N_FFT // 2 + 1, F_MIN, F_MAX, N_MELS, SAMPLE_RATE, norm="slaney", mel_scale="slaney"
-    )
-
-
-def log_mel(wave: Tensor, filterbank: Tensor) -> Tensor:
-    """float (S,) at 16 kHz -> (S // HOP, N_MELS) natural-log mel magnitudes."""
-    pad = (N_FFT - HOP) // 2
-    x = F.pad(wave.float()[None, None], (pad, pad), mode="reflect")[0]
-    spec = torch.stft(
-        x, N_FFT, HOP, WIN, window=torch.hann_window(WIN), center=False, return_complex=True
-    ).abs()[0]
-    return torch.log(torch.clamp(filterbank.T @ spec, min=LOG_FLOOR)).T
+MEL = MelSpec(sample_rate=16000, n_fft=1024, hop=160, win=1024, n_mels=64, f_min=0.0, f_max=8000.0)
+SAMPLE_RATE, HOP, N_MELS = MEL.sample_rate, MEL.hop, MEL.n_mels
 
 
 @dataclass(frozen=True)
@@ -96,21 +69,9 @@ class AudioLDM2AudioCodec:
         self.cfg = cfg
         self.scaling_factor = float(config.scaling_factor)
         self._channels = int(config.latent_channels)
-        self.filterbank = mel_filterbank()
+        self.mel = LogMel(MEL, cfg.griffin_lim_iters)
         self.vocoder = self._load_vocoder(directory) if cfg.vocoder else None
         self.audio_decoder = "hifigan" if self.vocoder is not None else "griffin-lim"
-        self.inverse_mel = torchaudio.transforms.InverseMelScale(
-            n_stft=N_FFT // 2 + 1,
-            n_mels=N_MELS,
-            sample_rate=SAMPLE_RATE,
-            f_min=F_MIN,
-            f_max=F_MAX,
-            norm="slaney",
-            mel_scale="slaney",
-        )
-        self.griffin_lim = torchaudio.transforms.GriffinLim(
-            n_fft=N_FFT, win_length=WIN, hop_length=HOP, power=1.0, n_iter=cfg.griffin_lim_iters
-        )
 
     def _load_vocoder(self, vae_dir: Path) -> torch.nn.Module | None:
         """The snapshot's vocoder/ next to its vae/; None for a bare VAE directory."""
@@ -154,7 +115,7 @@ class AudioLDM2AudioCodec:
                 f"{len(wave)} samples are shorter than one latent frame "
                 f"({HOP * self.downsample} samples at {SAMPLE_RATE} Hz)"
             )
-        mel = log_mel(torch.from_numpy(np.asarray(wave, dtype=np.float32)), self.filterbank)
+        mel = self.mel(torch.from_numpy(np.asarray(wave, dtype=np.float32)))
         mel = mel[:frames][None, None].to(self.device, self.dtype)
         z = self.vae.encode(mel).latent_dist.mode()[0].float().cpu()
         return (z * self.scaling_factor).transpose(1, 2).contiguous()
@@ -168,11 +129,5 @@ class AudioLDM2AudioCodec:
             # HiFi-GAN's transposed convolutions overshoot by a few samples: cut to 160 a frame
             wave = self.vocoder(mel.to(self.vocoder.dtype))[0, : mel.shape[1] * HOP]
         else:
-            wave = self.mel_to_wave(mel[0].float().cpu())
+            wave = self.mel.invert(mel[0].float().cpu())
         return wave.float().cpu().clamp(-1, 1).numpy()
-
-    def mel_to_wave(self, mel: Tensor) -> Tensor:
-        """(time, N_MELS) log-mel -> (time * HOP,) by least-squares mel inversion, Griffin-Lim."""
-        wave = self.griffin_lim(self.inverse_mel(torch.exp(mel).T))  # ((time - 1) * HOP,)
-        # GriffinLim centres frame t on sample t * HOP, AudioLDM's framing on t * HOP + HOP / 2
-        return F.pad(wave, (HOP // 2, HOP // 2))

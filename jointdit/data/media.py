@@ -10,8 +10,16 @@ stream's timestamps from there (an audio track that starts 0.5 s late gets 0.5 s
 AAC encoders prepend priming samples; the MP4 muxer records them in the edit list and FFmpeg's
 demuxer and decoder drop them, so decoded audio frames carry true presentation times.
 
-Reading (`read_windows`) cuts any number of fixed-length windows out of one pass over a file,
-holding only what the pending windows need, so long and large files stream through.
+What is a clip is decided by content, never by the file's name: FFmpeg must recognise the
+container, and it must hold a moving picture (a still image, text, or a song's cover art is not
+one). Probing demuxes the whole file and takes its length from the packets' timestamps:
+container headers are not ground truth (an MPEG program stream may state 0.02 s for a 2 s clip,
+an AVI from FFmpeg counts one frame more than it stores).
+
+Reading (`read_windows`) cuts any number of fixed-length windows out of a file: windows close
+together come out of one pass, holding only what the pending windows need, and a window far
+from the previous one is reached by a seek, so what a file costs to decode depends on its
+windows, not on its length.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import wave
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -36,6 +44,25 @@ _AAC_FRAME = 1024
 # Slack when comparing frame times with target times: far below any frame interval, far above
 # the rounding of container time bases.
 _TIME_EPS = 1e-4
+# A video whose packets end this much (or two frame intervals, if more) before its header says
+# is truncated: headers round, count an empty packet or an edit list's trim, but a cut-off
+# download loses far more.
+_TRUNCATION_SLACK_S = 0.5
+# Demuxers of one picture (image2, and the `*_pipe` ones: png_pipe, jpeg_pipe, ...) or of text.
+_PICTURE_FORMATS = ("image2",)
+_TEXT_FORMATS = ("tty",)
+# Windows starting within this of the previous window's end are decoded in the same pass; a
+# farther one is reached by a seek. About a key-frame interval: a seek decodes from the key
+# frame before its target anyway, so reading on through a shorter gap costs no more.
+_SEEK_GAP_S = 4.0
+# A seek aims this far before its window: audio decoders need a few frames to settle (AAC's
+# overlap, MP3's bit reservoir) and muxers interleave audio up to about half a second away
+# from the video of the same time. Multiplied by 4 for each seek that still lands late.
+_PREROLL_S = 1.0
+_AUDIO_SETTLE_S = 0.25
+# Containers read front to back, never by seeking: after a seek in an MPEG program stream
+# (.mpg, .vob), FFmpeg's parser stamps frames one frame late.
+_UNSEEKABLE_FORMATS = ("mpeg",)
 # How far torchaudio's default resampling kernel (lowpass_filter_width 6, rolloff 0.99) reaches
 # from an output sample, in input samples when upsampling (times the ratio when downsampling):
 # 6 / 0.99, rounded up with room to spare.
@@ -71,46 +98,94 @@ class Clip:
     sample_rate: int
 
 
+@dataclass
+class DecodeCost:
+    """What a `read_windows` call decoded, summed over its passes (pass one to see the cost)."""
+
+    video_frames: int = 0
+    audio_s: float = 0.0
+    seeks: int = 0
+    passes_from_s: list[float] = field(default_factory=list)  # where each pass aimed (clip time)
+
+
+def _video_stream(container: av.container.InputContainer) -> av.VideoStream | None:
+    """The first video stream that moves: a song's cover art is a video stream too."""
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:
+            return stream
+    return None
+
+
 @contextmanager
 def _open(path: Path) -> Iterator[av.container.InputContainer]:
+    """The file as a media container with an audio or a video stream; MediaError otherwise."""
     if path.stat().st_size == 0:
         raise MediaError(path, "empty_file", "file is empty")
     try:
         container = av.open(str(path))
     except av.FFmpegError as e:
-        raise MediaError(path, "unreadable", f"not a readable media container ({e})") from e
+        raise MediaError(path, "unreadable", f"not a media file FFmpeg can read ({e})") from e
     with container:
+        name = container.format.name
+        if name in _PICTURE_FORMATS or name.endswith("_pipe"):
+            raise MediaError(path, "still_image", f"a still picture ({name}), not a video")
+        if name in _TEXT_FORMATS:
+            raise MediaError(path, "unreadable", f"text ({name}), not a media file")
         # An MP4 whose index (moov) is missing or cut opens without error, with no streams or
-        # only a codec-less "data" stream; no_video would misdescribe it.
+        # only a codec-less "data" stream; a subtitle file has only a subtitle stream.
         if not (container.streams.video or container.streams.audio):
-            raise MediaError(path, "unreadable", "no audio or video stream (truncated index?)")
+            found = ", ".join(sorted({s.type for s in container.streams})) or "none"
+            raise MediaError(
+                path,
+                "unreadable",
+                f"no audio or video stream (streams: {found}; a truncated index?)",
+            )
         yield container
+
+
+def check_video_file(path: Path) -> None:
+    """MediaError unless FFmpeg reads the file as a container with a moving picture.
+
+    Opens the file and lists its streams, decoding nothing: the cheap first look that tells
+    clips from stray files (notes, thumbnails, songs, subtitles) whatever their names.
+    """
+    path = Path(path)
+    with _open(path) as container:
+        if _video_stream(container) is None:
+            audio = " (audio only)" if container.streams.audio else ""
+            raise MediaError(path, "no_video", f"no video stream{audio}")
 
 
 def probe(path: Path) -> ClipInfo:
     """Describe a clip, after checking that its streams are complete and their start decodes.
 
     The whole file is demuxed (cheap: no decoding beyond the first frames) so that a truncated
-    file fails here even when its index sits at the front and the first frames are intact.
-    A missing audio stream is reported as ``has_audio=False``; whether that is acceptable is the
-    caller's decision.
+    file fails here even when its index sits at the front and the first frames are intact. The
+    duration is measured, from the first video packet's time to the last one's end; a header
+    stating a longer video (its duration, or its frame count at the frame rate) by more than
+    `_TRUNCATION_SLACK_S` or two frames means the file was cut. A missing audio stream is
+    reported as ``has_audio=False``; whether that is acceptable is the caller's decision.
     """
     path = Path(path)
     with _open(path) as container:
-        if not container.streams.video:
+        video = _video_stream(container)
+        if video is None:
             raise MediaError(path, "no_video", "no video stream")
-        video = container.streams.video[0]
         audio = container.streams.audio[0] if container.streams.audio else None
+        rate = video.average_rate or video.guessed_rate
+        if not rate:
+            raise MediaError(path, "unreadable", "no frame rate")
+        # A packet without a duration (FLV, ASF) lasts one frame interval.
+        interval = max(1, round(1 / (rate * video.time_base)))
         first: dict[av.stream.Stream, av.frame.Frame] = {}
-        packets, end_pts, start_pts = 0, None, None
+        start_pts, end_pts = None, None
         try:
             for packet in container.demux([s for s in (video, audio) if s is not None]):
                 if packet.is_corrupt:
                     raise MediaError(path, "decode_error", _corrupt(packet))
                 if packet.stream is video and packet.size and packet.pts is not None:
-                    packets += 1
                     start_pts = packet.pts if start_pts is None else min(start_pts, packet.pts)
-                    end = packet.pts + (packet.duration or 0)
+                    end = packet.pts + (packet.duration or interval)
                     end_pts = end if end_pts is None else max(end_pts, end)
                 if packet.stream not in first:
                     # An empty packet at the end flushes the decoder, which yields delayed frames.
@@ -122,32 +197,45 @@ def probe(path: Path) -> ClipInfo:
         for stream in (video, audio):
             if stream is not None and stream not in first:
                 raise MediaError(path, "decode_error", f"no decodable frame in {stream.type}")
-        if video.frames and packets < video.frames:
-            raise MediaError(
-                path, "decode_error", f"truncated: {packets} of {video.frames} video frames"
-            )
-
-        if video.duration:
-            duration_s = float(video.duration * video.time_base)
-        elif container.duration:
-            duration_s = container.duration / av.time_base
-        elif end_pts is not None:
-            duration_s = float((end_pts - start_pts) * video.time_base)
-        else:
-            raise MediaError(path, "unreadable", "no duration in metadata or timestamps")
-        rate = video.average_rate or video.guessed_rate
-        if not rate:
-            raise MediaError(path, "unreadable", "no frame rate")
+        if start_pts is None:
+            raise MediaError(path, "unreadable", "no video packet with a timestamp")
+        _check_complete(path, video, start_pts, end_pts, float(rate))
         picture = first[video]
         sound = first.get(audio)
         return ClipInfo(
-            duration_s=duration_s,
+            duration_s=float((end_pts - start_pts) * video.time_base),
             fps=float(rate),
             width=picture.width,
             height=picture.height,
             sample_rate=sound.sample_rate if sound is not None else 0,
             channels=sound.layout.nb_channels if sound is not None else 0,
             has_audio=sound is not None,
+        )
+
+
+def _check_complete(
+    path: Path, video: av.VideoStream, start_pts: int, end_pts: int, fps: float
+) -> None:
+    """MediaError when the header states a video longer than its packets reach.
+
+    Two statements are checked: the stream's duration and its frame count (an AVI's header
+    keeps the count when a cut file has lost its index and FFmpeg re-estimates the duration).
+    Formats without either (MPEG-TS, Ogg) estimate them from the last timestamps, so a cut file
+    of those is indistinguishable from a shorter one, and is accepted as one.
+    """
+    base = video.time_base
+    origin = float((video.start_time if video.start_time is not None else start_pts) * base)
+    stated = [origin + float(video.duration * base)] if video.duration else []
+    if video.frames:
+        stated.append(origin + video.frames / fps)
+    reached = float(end_pts * base)
+    slack = max(_TRUNCATION_SLACK_S, 2 / fps)
+    if stated and max(stated) - reached > slack:
+        raise MediaError(
+            path,
+            "decode_error",
+            f"truncated: its video stops at {reached - origin:.2f} s, its header says "
+            f"{max(stated) - origin:.2f} s",
         )
 
 
@@ -326,14 +414,24 @@ class _FramePicker:
     target picks it, so a 4K 60 fps source costs one decoded picture of memory.
     """
 
-    def __init__(self, starts: Sequence[float], n_frames: int, fps: float, width: int, height: int):
+    def __init__(
+        self,
+        starts: Sequence[float],
+        n_frames: int,
+        fps: float,
+        width: int,
+        height: int,
+        origin: float | None = None,
+    ):
         times = np.asarray(starts, dtype=np.float64)[:, None] + np.arange(n_frames) / fps
         self._order = np.argsort(times, axis=None, kind="stable")  # windows may overlap
         self._times = times.ravel()[self._order]
         self._n_frames, self._width, self._height = n_frames, width, height
         self.frames = np.empty((len(starts), n_frames, height, width, 3), np.uint8)
         self._next = 0
-        self.origin: float | None = None  # time of the first frame: the clip's zero
+        # Time of the clip's first frame, its zero: the first frame decoded, unless known from
+        # an earlier pass (a pass after a seek never sees the first frame).
+        self.origin = origin
         self._last: av.VideoFrame | None = None
         self._last_rgb: np.ndarray | None = None
 
@@ -341,11 +439,20 @@ class _FramePicker:
     def done(self) -> bool:
         return self._next == len(self._times)
 
+    @property
+    def empty(self) -> bool:
+        return self._last is None
+
+    @property
+    def first_target(self) -> float:
+        return float(self._times[0])
+
     def add(self, frame: av.VideoFrame) -> None:
         if self.origin is None:
             self.origin = frame.time
         # Target times before this frame are covered by the previous one. Time 0 is never
-        # before the first frame, because the first frame defines time 0.
+        # before the first frame, because the first frame defines time 0 (and a pass after a
+        # seek starts at or before its first target: `_decode_pass` checks).
         while not self.done and self._times[self._next] + _TIME_EPS < frame.time - self.origin:
             self._pick()
         self._last, self._last_rgb = frame, None
@@ -369,20 +476,22 @@ class _AudioWindows:
 
     The stream is taken as mono (channels averaged: FFmpeg's downmix, (L + R) / sqrt(2), lifts
     correlated content by 3 dB, past 1.0), continuous from its first timestamp at its native
-    rate, and silent outside what was decoded. A window's slice is resampled with torchaudio
-    with enough context on both sides, cut on the resampler's block grid, that it equals
-    resampling the whole stream and slicing that. Only samples a pending window needs are kept.
+    rate, and silent outside what was decoded. Samples are numbered from the video's time 0, so
+    a pass that starts after a seek numbers them as a pass from the file's start does. A
+    window's slice is resampled with torchaudio with enough context on both sides, cut on the
+    resampler's block grid (anchored at time 0), that it equals resampling the whole stream and
+    slicing that. Only samples a pending window needs are kept.
     """
 
     def __init__(self, starts: Sequence[float], n_samples: int, sample_rate: int):
         self._starts = list(starts)
         self._n, self._rate = n_samples, sample_rate
         self.windows: list[np.ndarray] = []
-        self.start: float | None = None  # time of the stream's first sample
+        self.start: float | None = None  # time of the first decoded sample
         self._native = 0
         self._chunks: deque[np.ndarray] = deque()
-        self._first = 0  # stream index of the first kept sample
-        self._decoded = 0
+        self._first: int | None = None  # number of the first kept sample, once time 0 is known
+        self._held = 0  # samples in _chunks
         # Converts the sample format only (to float planes); the rate and layout stay.
         self._format = av.AudioResampler(format="fltp")
 
@@ -396,7 +505,7 @@ class _AudioWindows:
             self.start, self._native = frame.time, frame.sample_rate
         for out in self._format.resample(frame):
             self._chunks.append(out.to_ndarray().mean(axis=0, dtype=np.float32))
-            self._decoded += out.samples
+            self._held += out.samples
         if origin is not None:
             self._cut(origin, final=False)
 
@@ -405,30 +514,36 @@ class _AudioWindows:
         self._cut(origin, final=True)
         return self.windows
 
-    def _span(self, origin: float, start_s: float) -> tuple[int, int, int]:
-        """(first, end, skip): a window needs stream samples [first, end), and its output
-        starts ``skip`` samples into their resampled version."""
+    def _span(self, start_s: float) -> tuple[int, int, int]:
+        """(first, end, skip): a window needs samples [first, end), and its output starts
+        ``skip`` samples into their resampled version."""
         g = math.gcd(self._native, self._rate)
         block_in, block_out = self._native // g, self._rate // g  # the resampler's phase cycle
         margin = math.ceil(_RESAMPLE_REACH * max(1, self._native / self._rate) / block_in) + 1
-        head = round((origin + start_s - self.start) * self._rate)  # output index of the start
+        head = round(start_s * self._rate)  # output sample number of the window's start
         first = (head // block_out - margin) * block_in
         end = (-(-(head + self._n) // block_out) + margin) * block_in
         return first, end, head - first // block_in * block_out
 
     def _cut(self, origin: float, final: bool) -> None:
+        if self._first is None:
+            self._first = round((self.start - origin) * self._native)
         while not self.done:
-            first, end, skip = self._span(origin, self._starts[len(self.windows)])
-            if end > self._decoded and not final:
+            first, end, skip = self._span(self._starts[len(self.windows)])
+            if end > self._first + self._held and not final:
                 break
             wave = torch.from_numpy(self._slice(first, end))
             wave = torchaudio.functional.resample(wave, self._native, self._rate)
             self.windows.append(wave[skip : skip + self._n].numpy())
         keep = (
-            self._decoded if self.done else self._span(origin, self._starts[len(self.windows)])[0]
+            self._first + self._held
+            if self.done
+            else self._span(self._starts[len(self.windows)])[0]
         )
         while self._chunks and self._first + len(self._chunks[0]) <= keep:
-            self._first += len(self._chunks.popleft())
+            dropped = len(self._chunks.popleft())
+            self._first += dropped
+            self._held -= dropped
 
     def _slice(self, first: int, end: int) -> np.ndarray:
         out = np.zeros(end - first, np.float32)
@@ -441,6 +556,122 @@ class _AudioWindows:
         return out
 
 
+class _SeekMissed(Exception):
+    """A seek landed after what its windows need (inexact seeking, audio muxed late), or the
+    audio had ended before them: the pass is redone from farther back."""
+
+
+def _runs(starts: Sequence[float], duration_s: float) -> list[list[float]]:
+    """The window starts in groups decoded in one pass each: a window that starts more than
+    `_SEEK_GAP_S` after the end of the one before it begins a new group."""
+    runs: list[list[float]] = []
+    for start in starts:
+        if runs and start - (runs[-1][-1] + duration_s) <= _SEEK_GAP_S:
+            runs[-1].append(start)
+        else:
+            runs.append([start])
+    return runs
+
+
+def _first_frame_time(path: Path, cost: DecodeCost) -> float:
+    """The time of the first decoded video frame: the clip's time 0."""
+    with _open(path) as container:
+        video = _video_stream(container)
+        if video is None:
+            raise MediaError(path, "no_video", "no video stream")
+        try:
+            for frame in container.decode(video):
+                cost.video_frames += 1
+                if frame.time is not None:
+                    return frame.time
+        except av.FFmpegError as e:
+            raise MediaError(path, "decode_error", f"cannot decode ({e})") from e
+    raise MediaError(path, "decode_error", "no decodable video frame")
+
+
+def _decode_pass(
+    path: Path,
+    starts: Sequence[float],
+    fps: float,
+    size: tuple[int, int],
+    sample_rate: int,
+    duration_s: float,
+    origin: float | None,
+    seek_s: float | None,
+    cost: DecodeCost,
+) -> tuple[np.ndarray, list[np.ndarray], float]:
+    """(frames, audio, origin) of the windows at ``starts``, in one pass over the file: from
+    its start, or from a seek to ``seek_s`` seconds of clip time (the origin must be known)."""
+    width, height = size
+    pictures = _FramePicker(starts, round(duration_s * fps), fps, width, height, origin)
+    sound = _AudioWindows(starts, round(duration_s * sample_rate), sample_rate)
+    cost.passes_from_s.append(seek_s or 0.0)
+    # After a seek, the first video frame must come at or before the first target, and the
+    # audio must start early enough to have settled by the first window.
+    video_due = audio_due = math.inf
+    keyed = seek_s is None  # a pass from the start decodes every packet
+    if seek_s is not None:
+        video_due = origin + pictures.first_target + _TIME_EPS
+        audio_due = origin + starts[0] - _AUDIO_SETTLE_S
+    with _open(path) as container:
+        video = _video_stream(container)
+        if video is None:
+            raise MediaError(path, "no_video", "no video stream")
+        if not container.streams.audio:
+            raise MediaError(path, "no_audio", "no audio stream")
+        audio = container.streams.audio[0]
+        try:
+            if seek_s is not None:
+                cost.seeks += 1
+                container.seek(round((origin + seek_s) / video.time_base), stream=video)
+            for packet in container.demux(video, audio):
+                if packet.is_corrupt:
+                    raise MediaError(path, "decode_error", _corrupt(packet))
+                if packet.stream is video and not keyed:
+                    # MPEG program streams seek by timestamp, not to key frames: what
+                    # precedes the first key frame decodes to garbage.
+                    if not packet.is_keyframe:
+                        continue
+                    keyed = True
+                try:
+                    frames = packet.decode()
+                except av.FFmpegError:
+                    # A seek may land inside a frame split over packets (MPEG program
+                    # streams): a stream's packets before its first frame are skipped.
+                    fresh = pictures.empty if packet.stream is video else sound.start is None
+                    if seek_s is not None and fresh:
+                        continue
+                    raise
+                for frame in frames:
+                    if frame.time is None:
+                        raise MediaError(
+                            path, "decode_error", f"{packet.stream.type} frame without a timestamp"
+                        )
+                    if packet.stream is video:
+                        cost.video_frames += 1
+                        if pictures.empty and frame.time > video_due:
+                            raise _SeekMissed
+                        pictures.add(frame)
+                    else:
+                        cost.audio_s += frame.samples / frame.sample_rate
+                        if sound.start is None and frame.time > audio_due:
+                            raise _SeekMissed
+                        sound.add(frame, pictures.origin)
+                if pictures.done and sound.done:
+                    break
+        except av.FFmpegError as e:
+            if seek_s is not None:
+                raise _SeekMissed from e  # a format that cannot seek is read from its start
+            raise MediaError(path, "decode_error", f"cannot decode ({e})") from e
+    if seek_s is not None and (pictures.empty or sound.start is None):
+        raise _SeekMissed
+    if pictures.origin is None:
+        raise MediaError(path, "decode_error", "no decodable video frame")
+    if sound.start is None:
+        raise MediaError(path, "decode_error", "no decodable audio frame")
+    return pictures.finish(), sound.finish(pictures.origin), pictures.origin
+
+
 def read_windows(
     path: Path,
     starts: Sequence[float],
@@ -449,58 +680,61 @@ def read_windows(
     height: int,
     sample_rate: int,
     duration_s: float,
+    cost: DecodeCost | None = None,
 ) -> list[Clip]:
     """Decode the windows ``[s, s + duration_s)`` of a file, for each ``s`` in ``starts``.
 
-    The file is decoded once, front to back, and reading stops when the last window is
-    complete; memory holds the windows' output and what the pending ones still need, never the
-    decoded file. Times count from the first video frame. Frame ``k`` of the window at ``s`` is
-    the last frame shown at or before ``s + k / fps`` (timestamps, not frame counts, so
-    variable frame rates and dropped frames come out right), upright and scaled and cropped to
-    ``width x height`` (`fit_frame`). Audio is mono at ``sample_rate``, exactly ``round(duration_s
-    * sample_rate)`` samples per window, placed by the stream's timestamps: audio that starts
+    Windows less than `_SEEK_GAP_S` apart are decoded in one pass, which stops when its last
+    window is complete; a window farther on is reached by a seek to `_PREROLL_S` before it
+    (farther back, and finally from the file's start, when a seek lands late). So a file costs
+    about ``(duration_s + preroll + key-frame interval)`` of decoding per far window, whatever
+    its length (MPEG program streams excepted: they are read front to back, up to their last
+    window); ``cost``, when given, adds up what was decoded. Memory holds the windows'
+    output and what the pending ones still need, never the decoded file.
+
+    Times count from the first video frame. Frame ``k`` of the window at ``s`` is the last
+    frame shown at or before ``s + k / fps`` (timestamps, not frame counts, so variable frame
+    rates and dropped frames come out right), upright and scaled and cropped to ``width x
+    height`` (`fit_frame`). Audio is mono at ``sample_rate``, exactly ``round(duration_s *
+    sample_rate)`` samples per window, placed by the stream's timestamps: audio that starts
     late is preceded by silence. A window past the end of the file is padded with its last
     frame and silence.
     """
     path = Path(path)
-    n_frames = round(duration_s * fps)
-    if min(fps, duration_s, width, height, sample_rate) <= 0 or n_frames < 1:
+    if min(fps, duration_s, width, height, sample_rate) <= 0 or round(duration_s * fps) < 1:
         raise ValueError("need width, height, sample_rate > 0 and at least one frame")
     if any(s < 0 for s in starts) or list(starts) != sorted(starts):
         raise ValueError(f"window starts must be ascending and >= 0, got {list(starts)}")
     if not starts:
         return []
-    pictures = _FramePicker(starts, n_frames, fps, width, height)
-    sound = _AudioWindows(starts, round(duration_s * sample_rate), sample_rate)
+    cost = DecodeCost() if cost is None else cost
     with _open(path) as container:
-        if not container.streams.video:
-            raise MediaError(path, "no_video", "no video stream")
-        if not container.streams.audio:
-            raise MediaError(path, "no_audio", "no audio stream")
-        video, audio = container.streams.video[0], container.streams.audio[0]
-        try:
-            for packet in container.demux(video, audio):
-                if packet.is_corrupt:
-                    raise MediaError(path, "decode_error", _corrupt(packet))
-                for frame in packet.decode():
-                    if frame.time is None:
-                        raise MediaError(
-                            path, "decode_error", f"{packet.stream.type} frame without a timestamp"
-                        )
-                    if packet.stream is video:
-                        pictures.add(frame)
-                    else:
-                        sound.add(frame, pictures.origin)
-                if pictures.done and sound.done:
-                    break
-        except av.FFmpegError as e:
-            raise MediaError(path, "decode_error", f"cannot decode ({e})") from e
-    if pictures.origin is None:
-        raise MediaError(path, "decode_error", "no decodable video frame")
-    if sound.start is None:
-        raise MediaError(path, "decode_error", "no decodable audio frame")
-    frames, audio = pictures.finish(), sound.finish(pictures.origin)
-    return [Clip(f, a, fps, sample_rate) for f, a in zip(frames, audio, strict=True)]
+        seekable = container.format.name not in _UNSEEKABLE_FORMATS
+    origin: float | None = None
+    clips: list[Clip] = []
+    pending = _runs(starts, duration_s) if seekable else [list(starts)]
+    while pending:
+        run = pending.pop(0)
+        if origin is None and seekable and run[0] > _SEEK_GAP_S:
+            origin = _first_frame_time(path, cost)
+        preroll = _PREROLL_S
+        while True:
+            seek_s = run[0] - preroll if seekable and origin is not None else None
+            seek_s = seek_s if seek_s is not None and seek_s > 0 else None
+            if seek_s is None and clips:
+                # Seeks missed all the way back (a badly interleaved file): one pass from the
+                # start reads this window and all after it.
+                run += [start for later in pending for start in later]
+                pending = []
+            try:
+                frames, audio, origin = _decode_pass(
+                    path, run, fps, (width, height), sample_rate, duration_s, origin, seek_s, cost
+                )
+                break
+            except _SeekMissed:
+                preroll *= 4
+        clips += [Clip(f, a, fps, sample_rate) for f, a in zip(frames, audio, strict=True)]
+    return clips
 
 
 def read_clip(

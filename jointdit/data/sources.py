@@ -1,10 +1,14 @@
 """The fetch stage's library part: put clips under a raw directory and list them.
 
-Fetching only copies and checksums. Whether a file is usable media is the validate stage's
-question, so every matching file is listed here, broken or not, and validate accepts or rejects
-each one with a reason. The one thing fetch refuses itself is a path that leads outside the
-source folder (a symlink, a `captions.csv` row): such a file is never read, and the refusal is
-written to `fetch_rejected.csv` for validate to report with the rest.
+Every file a folder holds is an input, whatever its name, except the captions (a `<stem>.txt`
+beside another file of that stem, `captions.csv` at the root). Each input is either copied
+(checksummed as it is written) and listed in the raw manifest, or refused with a code and a
+reason naming it, in `fetch_rejected.csv`, which validate reports with its own rejections. What
+fetch refuses is what is not a video file by its content (`media.check_video_file`: FFmpeg
+does not read it, or reads a picture, text, subtitles or sound only; nothing is decoded), and a
+path that leads outside the source folder (a symlink, a `captions.csv` row), which is never
+read. Whether a video file is a usable clip (complete, decodable, long enough, with sound) is
+the validate stage's question.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,14 +30,14 @@ from jointdit.data.manifest import (
     sha256_file,
     write_manifest,
 )
-from jointdit.data.media import write_clip
+from jointdit.data.media import MediaError, check_video_file, write_clip
 from jointdit.data.synthetic import SyntheticConfig, make_clip
 
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 CLIPS_DIR = "clips"
 MANIFEST_NAME = "manifest.csv"
 FETCH_REJECTED_NAME = "fetch_rejected.csv"
 CAPTIONS_CSV = "captions.csv"
+SIDECAR_SUFFIX = ".txt"
 
 _CHUNK = 1 << 20
 
@@ -138,27 +141,29 @@ def _caption(own: str | None, listed: str, label: str, label_captions: bool) -> 
     return caption
 
 
-def fetch_folder(
-    src_dir: Path,
-    raw_dir: Path,
-    extensions: Iterable[str] = VIDEO_EXTENSIONS,
-    label_captions: bool = True,
-) -> Fetched:
+def _sidecars(files: list[Path]) -> set[Path]:
+    """The caption sidecars among files: a `<stem>.txt` beside another file of that stem."""
+    stems = {(f.parent, f.stem) for f in files if f.suffix != SIDECAR_SUFFIX}
+    return {f for f in files if f.suffix == SIDECAR_SUFFIX and (f.parent, f.stem) in stems}
+
+
+def fetch_folder(src_dir: Path, raw_dir: Path, label_captions: bool = True) -> Fetched:
     """Copy every video file under src_dir (recursively) into raw_dir/clips/, keeping its
     relative path; return the manifest rows and the refused inputs.
 
-    Matching is on the extension, case-insensitively; files are not opened as media here.
-    Captions come from a sidecar `<stem>.txt` next to a clip, else from a `captions.csv` at the
-    root (columns path, caption; paths relative to src_dir). The `label` column is the name of
+    Every file is an input but the captions: a sidecar `<stem>.txt` next to a file, else a row
+    of `captions.csv` at the root (columns path, caption; paths relative to src_dir). A video
+    file is one FFmpeg reads as a container with a moving picture (`check_video_file`), decided
+    by content, never by the name; any other file is refused with the code that says why
+    (`empty_file`, `unreadable`, `still_image`, `no_video`). The `label` column is the name of
     the sub-folder a clip sits in, and with `label_captions` a clip without a caption is
-    captioned "a video of <label>". A clip, sidecar or captions.csv row whose path resolves
+    captioned "a video of <label>". A file, sidecar or captions.csv row whose path resolves
     outside src_dir (symlink, `..`, absolute path) is never read: it is refused as
     `path_escape` (a refused sidecar leaves its clip uncaptioned by it); a captions.csv row
-    naming no clip is refused as `missing_file`.
+    naming no video file is refused as `missing_file`.
     """
     src_dir = Path(src_dir)
     clips_dir = Path(raw_dir) / CLIPS_DIR
-    wanted = {ext.lower() for ext in extensions}
     refused: list[dict[str, str]] = []
 
     def inside(relative: str, where: str = "") -> Path | None:
@@ -173,14 +178,24 @@ def fetch_folder(
         target = inside(relative, f"{CAPTIONS_CSV} row {number}: ")
         if target is not None:
             listed[target] = (relative, caption)
-    sources = sorted(p for p in src_dir.rglob("*") if p.is_file() and p.suffix.lower() in wanted)
+    files = sorted(p for p in src_dir.rglob("*") if p.is_file())
+    sidecars = _sidecars(files)
     rows = []
-    for src in sources:
+    for src in files:
+        if src == src_dir / CAPTIONS_CSV or src in sidecars:
+            continue
         relative = src.relative_to(src_dir)
         resolved = inside(relative.as_posix())
         if resolved is None:
             continue
-        sidecar = src.with_suffix(".txt")
+        try:
+            check_video_file(resolved)
+        except MediaError as err:
+            reason = f"{relative}: {err.message}"
+            refused.append({"path": relative.as_posix(), "code": err.code, "reason": reason})
+            listed.pop(resolved, None)  # its caption row goes with it
+            continue
+        sidecar = src.with_suffix(SIDECAR_SUFFIX)
         own = None
         if sidecar.is_file() and inside(sidecar.relative_to(src_dir).as_posix()) is not None:
             own = sidecar.read_text(encoding="utf-8", errors="replace").strip()
@@ -198,7 +213,7 @@ def fetch_folder(
             }
         )
     for relative, _ in listed.values():
-        reason = f"{CAPTIONS_CSV} names {relative!r}, which is not a video file in {src_dir}"
+        reason = f"{CAPTIONS_CSV} names {relative!r}, which is not a file in {src_dir}"
         refused.append({"path": relative, "code": "missing_file", "reason": reason})
     return Fetched(manifest=manifest_frame(rows), rejected=rejected_frame(refused))
 

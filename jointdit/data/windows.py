@@ -4,11 +4,12 @@ A clip longer than the model's window (``clip.duration_s``) gives several window
 apart. Only whole windows count: padding a window past the end of a clip would teach the model
 frozen frames and silence that the data does not have.
 
-A long file is capped at the *first* ``max_windows`` windows, not spread over its length. The
-reader decodes a file once, front to back, and stops when the last window is complete, so the
-cost of a clip is bounded by ``(max_windows - 1) * hop_s + window_s`` seconds of decoding
-whatever its length: a 3-hour file costs what a 20-second one does. Spreading the windows
-evenly would need the whole file decoded (or a seek per window) for the same number of windows.
+A clip with more whole windows than ``max_windows`` gives ``max_windows`` of them spread evenly
+over its length, first and last included, so a film is not represented by its opening titles.
+They stay on the hop grid (start times are multiples of ``hop_s``). Reading them costs a seek
+and about one window (plus a key-frame interval) of decoding each (`media.read_windows`), so
+the cost of a clip is bounded by its number of windows, not by its length: a 3-hour file costs
+what a 20-second one does.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ _DURATION_EPS = 1e-3
 def plan_windows(duration_s: float, window_s: float, hop_s: float, max_windows: int) -> list[float]:
     """Start times (seconds from the first video frame) of a clip's whole windows.
 
-    Windows start at ``0, hop_s, 2 hop_s, ...`` while they end inside the clip, at most
-    ``max_windows`` of them; a clip shorter than one window has none.
+    The candidates start at ``0, hop_s, 2 hop_s, ...`` while they end inside the clip; when
+    there are more than ``max_windows``, that many are taken, evenly spread over them (the
+    first and the last always; one window is the first). A clip shorter than one window has
+    none.
     """
     if min(window_s, hop_s) <= 0 or max_windows < 1:
         raise ValueError(
@@ -32,6 +35,14 @@ def plan_windows(duration_s: float, window_s: float, hop_s: float, max_windows: 
         )
     if duration_s + _DURATION_EPS < window_s:
         return []
-    count = min(max_windows, math.floor((duration_s + _DURATION_EPS - window_s) / hop_s) + 1)
+    candidates = math.floor((duration_s + _DURATION_EPS - window_s) / hop_s) + 1
+    if candidates <= max_windows:
+        picked = range(candidates)
+    elif max_windows == 1:
+        picked = range(1)
+    else:
+        # Distinct because candidates > max_windows: consecutive picks differ by more than one.
+        step = (candidates - 1) / (max_windows - 1)
+        picked = [round(k * step) for k in range(max_windows)]
     # Rounded so that 3 * 0.1 is 0.3: start times are compared and stored as keys.
-    return [round(k * hop_s, 9) for k in range(count)]
+    return [float(round(k * hop_s, 9)) for k in picked]
