@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -21,24 +22,63 @@ from tasks.summary import summary
 
 STAGES = ("fetch", "validate", "cache", "experts", "stage_a", "stage_b", "evaluate", "register")
 DVC_LOCK = Path(".dvc/tmp/lock")
+# DVC lets go of its repository lock while a stage's command runs (so that the command may call
+# dvc itself); what marks a running stage then is its entry in this file, which DVC only reads
+# to refuse overlapping outputs, never to wait.
+DVC_RWLOCK = Path(".dvc/tmp/rwlock")
+POLL_S = 1.0
 
 
-def lock_holder(lock: Path = DVC_LOCK) -> str | None:
-    """Who holds DVC's repository lock, as "pid N (its command line)"; None when it is free."""
+def _command(pid: int | str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except (OSError, ValueError):
+        return "command line unknown"
+
+
+def lock_holder(lock: Path = DVC_LOCK, rwlock: Path = DVC_RWLOCK) -> str | None:
+    """Another live DVC process at work here, as "pid N (its command line)"; None when none is.
+
+    Either it holds the repository lock, or one of its stages is running (DVC's rwlock).
+    """
+    import psutil
     import zc.lockfile  # DVC's own lock implementation: the same test DVC makes
 
-    if not lock.is_file():
-        return None
+    if lock.is_file():
+        try:
+            zc.lockfile.LockFile(str(lock)).close()
+        except zc.lockfile.LockError:
+            pid = lock.read_text().strip()  # the holder wrote its pid there
+            return f"pid {pid} ({_command(pid)})"
     try:
-        zc.lockfile.LockFile(str(lock)).close()
-        return None
-    except zc.lockfile.LockError:
-        pid = lock.read_text().strip()  # the holder wrote its pid there
-    try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        entries = json.loads(rwlock.read_text())
     except (OSError, ValueError):
-        command = "command line unknown"
-    return f"pid {pid} ({command})"
+        return None
+    infos = list(entries.get("write", {}).values())
+    infos += [info for readers in entries.get("read", {}).values() for info in readers]
+    for info in infos:
+        pid = info.get("pid")
+        if pid != os.getpid() and isinstance(pid, int) and psutil.pid_exists(pid):
+            return f"pid {pid} ({_command(pid)})"
+    return None
+
+
+def wait_for_dvc(stage: str, logger) -> None:
+    """Block while another DVC process is at work in this repository, saying so once."""
+    holder = lock_holder()
+    if holder is None:
+        return
+    logger.warning(
+        "[%s] DVC is busy here: %s, e.g. a `dvc repro` started by hand (its lock %s or a "
+        "running stage in %s): this stage waits until it is released, then runs",
+        stage,
+        holder,
+        DVC_LOCK,
+        DVC_RWLOCK,
+    )
+    while lock_holder() is not None:
+        time.sleep(POLL_S)
+    logger.info("[%s] DVC is free: running", stage)
 
 
 @task(retries=1, retry_delay_seconds=5)
@@ -53,15 +93,7 @@ def run_stage(stage: str, force: bool = False) -> None:
         # progress bars become periodic log lines instead of a flood of redraws
         "TQDM_MININTERVAL": "10",
     }
-    holder = lock_holder()
-    if holder:
-        logger.warning(
-            "[%s] DVC's lock %s is held by %s, e.g. a `dvc repro` started by hand: this stage "
-            "waits until it is released, then runs",
-            stage,
-            DVC_LOCK,
-            holder,
-        )
+    wait_for_dvc(stage, logger)
     # --wait-for-lock: queue behind another DVC process instead of failing at once
     cmd = [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage]
     if force:

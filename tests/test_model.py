@@ -27,6 +27,11 @@ def test_odd_video_size_is_a_clear_error(tiny_model):
         tiny_model(**x)
 
 
+def test_an_audio_patch_that_does_not_divide_the_bins_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"audio_patch_f \(3\) must divide the codec's 8"):
+        dataclasses.replace(TINY, audio_patch_f=3)
+
+
 def test_iso_mode_video_ignores_audio_and_back(tiny_model):
     x = tiny_inputs()
     v1, a1 = tiny_model(**x, iso=True)

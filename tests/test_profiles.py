@@ -16,7 +16,7 @@ from jointdit.conditioning import conditioning_dims
 from jointdit.config import from_dict
 from jointdit.model.joint import BackboneModelConfig
 from jointdit.training import TrainConfig
-from tasks.encoding import codec_config, conditioning_from
+from tasks.encoding import codec_config, codec_from, conditioning_from
 from tasks.model_config import model_config
 from tasks.params import load_params
 from tasks.profiles import load_profile, overlay, set_params_args
@@ -42,7 +42,7 @@ def test_overlay_sets_leaves_and_refuses_unknown_sections():
     assert params["a"]["c"]["d"] == 2  # the input is left alone
     with pytest.raises(KeyError, match="section typo"):
         overlay(params, {"typo": {"x": 1}})
-    with pytest.raises(FileNotFoundError, match="profiles: \\['gpu'\\]"):
+    with pytest.raises(FileNotFoundError, match="profiles: \\['film', 'gpu'\\]"):
         load_profile("nope", REPO / "profiles")
 
 
@@ -82,3 +82,10 @@ def test_cli_prints_the_experiment_command(capsys, monkeypatch):
     assert printed[:5] == ["dvc", "exp", "run", "--name", "gpu"]
     # the shell quoting round-trips: the arguments are the ones DVC gets with --run
     assert printed[5:] == set_params_args(load_profile("gpu", REPO / "profiles"))
+
+
+def test_film_profile_builds_its_model_on_its_codec():
+    """The film's HiFi-GAN mel has 80 bins: the profile's audio patch must divide them."""
+    params = overlay(load_params(REPO / "params.yaml"), load_profile("film", REPO / "profiles"))
+    cfg = model_config(params, codec_from(params))
+    assert (cfg.audio_bins, cfg.audio_patch_f) == (80, 16)

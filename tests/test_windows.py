@@ -180,8 +180,8 @@ def test_far_windows_are_read_by_seeking_as_a_full_pass_reads_them(far_clips):
     cost = DecodeCost()
     far = read_windows(path, starts, 8.0, 16, 16, SR, 2.0, cost)
     # An MPEG program stream is read front to back: after a seek, FFmpeg stamps its frames
-    # one frame late.
-    assert cost.seeks >= len(starts) - 1 if path.suffix != ".mpg" else cost.seeks == 0
+    # one frame late; so is Opus sound (mkv here): after a seek its samples come out shifted.
+    assert cost.seeks >= len(starts) - 1 if path.suffix not in (".mpg", ".mkv") else cost.seeks == 0
     offsets = []
     for s, w in zip(starts, far, strict=True):
         same = dense[round(s / 2)]
@@ -205,7 +205,7 @@ def test_the_decode_cost_grows_with_the_windows_not_with_the_clip(far_clips):
         costs[seconds] = DecodeCost()
         read_windows(path, starts, 8.0, 16, 16, SR, 2.0, costs[seconds])
     short, long = costs[60.0], costs[240.0]
-    if fps == 25:  # the MPEG program stream: read front to back, up to its last window
+    if fps == 25 or paths[60.0].suffix == ".mkv":  # MPEG-PS, Opus: front to back to the end
         assert long.video_frames == 240 * fps and long.seeks == 0
         return
     # Per window: 2 s, the 1 s pre-roll, up to a 2 s key-frame interval (and the frames decoded
@@ -218,14 +218,13 @@ def test_the_decode_cost_grows_with_the_windows_not_with_the_clip(far_clips):
 
 
 def test_a_window_past_the_end_of_the_audio_is_silent(tmp_path):
-    """Audio that stops at 10 s of a 40 s clip: a seek to 30 s finds none, and the window is
-    read from the start, where the silence after the audio's end is known."""
+    """Audio that stops at 10 s of a 40 s clip: the window at 30 s, however it is reached, is
+    silent and keeps its moving frames."""
     path = write(tmp_path / "short_audio.mp4", 40.0, gop=16, audio_s=10.0, rate=SR)
     cost = DecodeCost()
     windows = read_windows(path, [0.0, 30.0], 8.0, 16, 16, SR, 2.0, cost)
     assert np.abs(windows[0].audio).max() > 0.25  # the tone
     assert np.abs(windows[1].audio).max() == 0
-    assert cost.passes_from_s[-1] == 0.0  # the last pass read from the start
     moving = windows[1].frames.astype(float).std(axis=0).max()
     assert moving > 10  # the square still moves: the frames are there
 

@@ -63,6 +63,9 @@ _AUDIO_SETTLE_S = 0.25
 # Containers read front to back, never by seeking: after a seek in an MPEG program stream
 # (.mpg, .vob), FFmpeg's parser stamps frames one frame late.
 _UNSEEKABLE_FORMATS = ("mpeg",)
+# Audio codecs read front to back too: after a seek, FFmpeg's Opus decoder restarts without the
+# stream's pre-skip, so its samples come out shifted against a pass from the start.
+_UNSEEKABLE_AUDIO = ("opus",)
 # How far torchaudio's default resampling kernel (lowpass_filter_width 6, rolloff 0.99) reaches
 # from an output sample, in input samples when upsampling (times the ratio when downsampling):
 # 6 / 0.99, rounded up with room to spare.
@@ -709,7 +712,9 @@ def read_windows(
         return []
     cost = DecodeCost() if cost is None else cost
     with _open(path) as container:
-        seekable = container.format.name not in _UNSEEKABLE_FORMATS
+        seekable = container.format.name not in _UNSEEKABLE_FORMATS and not any(
+            a.codec_context.name in _UNSEEKABLE_AUDIO for a in container.streams.audio[:1]
+        )
     origin: float | None = None
     clips: list[Clip] = []
     pending = _runs(starts, duration_s) if seekable else [list(starts)]

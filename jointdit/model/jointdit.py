@@ -79,6 +79,11 @@ class JointDiTConfig:
             raise ValueError(
                 f"model.input_scale must be 'signal' or 'none', got {self.input_scale!r}"
             )
+        if self.audio_bins % self.audio_patch_f:
+            raise ValueError(
+                f"model.audio_patch_f ({self.audio_patch_f}) must divide the codec's "
+                f"{self.audio_bins} frequency bins"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
