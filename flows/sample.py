@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 from prefect import flow, get_run_logger, task
 
-from jointdit.data.media import write_clip, write_wav
+from jointdit.data.media import display_scale, write_clip, write_wav
 from jointdit.viz import log_mel, sample_sheet
 from tasks.mlflow_runs import check_tracking_server, resolve_tracking_uri
 
@@ -39,7 +39,8 @@ def write_outputs(result: dict[str, Any], out_dir: Path, stem: str, title: str) 
         "audio": out_dir / f"{stem}.wav",
         "preview": out_dir / f"{stem}.png",
     }
-    write_clip(paths["video"], frames, fps, audio[None], sr)
+    scale = display_scale(*frames.shape[1:3])
+    write_clip(paths["video"], frames, fps, audio[None], sr, scale)
     write_wav(paths["audio"], audio, sr)
     sample_sheet(frames, log_mel(audio, sr), len(frames) / fps, paths["preview"], title)
     return {k: str(v) for k, v in paths.items()}

@@ -29,7 +29,7 @@ from jointdit.checkpoint import load_checkpoint
 from jointdit.codecs import Codec
 from jointdit.config import from_dict
 from jointdit.data.manifest import WindowManifest, read_manifest
-from jointdit.data.media import write_clip
+from jointdit.data.media import display_scale, write_clip
 from jointdit.data.shards import load_split
 from jointdit.encoders.clip import ClipConfig, ClipEncoder
 from jointdit.flow import FlowConfig
@@ -342,7 +342,8 @@ def write_reports(
     for i in range(min(ev["num_media"], metrics["n_samples"])):
         for system, label in shown.items():
             f, a = media[system][i]
-            write_clip(SAMPLES / f"{i:02d}_{label}.mp4", f, fps, a[None], sr)
+            scale = display_scale(*f.shape[1:3])
+            write_clip(SAMPLES / f"{i:02d}_{label}.mp4", f, fps, a[None], sr, scale)
             sample_sheet(
                 f,
                 log_mel(a, sr),

@@ -5,7 +5,7 @@ import av
 import numpy as np
 import pytest
 
-from jointdit.data.media import MediaError, probe, read_clip, write_clip
+from jointdit.data.media import MediaError, display_scale, probe, read_clip, write_clip
 
 FPS = 8.0
 T, H, W = 16, 32, 48  # not square, so a swapped width/height shows
@@ -247,3 +247,15 @@ def test_a_real_clip_as_ffmpeg_writes_an_avi_is_accepted_and_its_truncation_caug
     with pytest.raises(MediaError, match="truncated: its video stops at") as err:
         probe(cut)
     assert err.value.code == "decode_error"
+
+
+@pytest.mark.parametrize(
+    "height, width, scale", [(32, 32, 4), (16, 16, 8), (32, 48, 4), (100, 300, 2), (320, 576, 1)]
+)
+def test_clips_for_people_are_enlarged_by_whole_pixels(tmp_path, height, width, scale):
+    assert display_scale(height, width) == scale
+    frames = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    path = tmp_path / "big.mp4"
+    write_clip(path, frames, FPS, None, 0, scale=3)
+    info = probe(path)
+    assert (info.width, info.height, info.has_audio) == (48, 48, False)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import av
 import numpy as np
 import pandas as pd
 import pytest
@@ -22,8 +23,9 @@ import yaml
 from PIL import Image
 from safetensors.torch import save_file
 
-from jointdit.data.media import probe, write_clip
+from jointdit.data.media import display_scale, probe, write_clip
 from jointdit.data.synthetic import SyntheticConfig, make_clip
+from jointdit.metrics.fidelity import psnr
 from jointdit.metrics.vggish import VGGish
 
 REPO = Path(__file__).resolve().parent.parent
@@ -172,15 +174,26 @@ def test_registered_champion_loads_in_a_fresh_process(project):
     assert "python_function" in out
 
 
-def test_sample_flow_writes_a_sounding_video(project, prefect_harness, monkeypatch):
+def drawn_scene(width: int, height: int) -> np.ndarray:
+    """A frame no data set holds: a yellow and a blue square over a grey floor, a red stripe."""
+    canvas = np.full((height, width, 3), (20, 20, 30), dtype=np.uint8)
+    canvas[height * 3 // 4 :] = 128
+    q = min(width, height) // 4
+    canvas[2 : 2 + q, 2 : 2 + q] = (230, 200, 40)
+    canvas[2 : 2 + q, width - 2 - q : width - 2] = (40, 80, 230)
+    canvas[2 * q : 2 * q + 2] = (200, 40, 40)
+    return canvas
+
+
+def test_sample_flow_writes_a_sounding_video_that_starts_on_the_image(
+    project, prefect_harness, monkeypatch
+):
     from flows.sample import sample
 
     monkeypatch.chdir(project)
     image = project / "drawn.png"
-    canvas = np.zeros((40, 40, 3), dtype=np.uint8)
-    canvas[30:, :] = 128  # a floor
-    canvas[5:13, 16:24] = (230, 40, 40)  # a red square, not a frame of the data set
-    Image.fromarray(canvas).save(image)
+    drawn = drawn_scene(TINY_CLIP["width"], TINY_CLIP["height"])
+    Image.fromarray(drawn).save(image)
     paths = sample(
         image=str(image),
         prompt="a red ball bouncing",
@@ -190,11 +203,18 @@ def test_sample_flow_writes_a_sounding_video(project, prefect_harness, monkeypat
         out_dir=str(project / "outputs"),
     )
     info = probe(Path(paths["video"]))
-    assert info.has_audio and info.fps == TINY_CLIP["fps"]
-    assert (info.width, info.height) == (TINY_CLIP["width"], TINY_CLIP["height"])
+    scale = display_scale(TINY_CLIP["height"], TINY_CLIP["width"])
+    assert scale == 8 and info.has_audio and info.fps == TINY_CLIP["fps"]
+    assert (info.width, info.height) == (TINY_CLIP["width"] * scale, TINY_CLIP["height"] * scale)
     assert abs(info.duration_s - TINY_CLIP["duration_s"]) < 0.1
     assert Path(paths["audio"]).stat().st_size > 16000  # 1 s of 16-bit PCM
     assert Path(paths["preview"]).stat().st_size > 0
+    # frame 0 of the playable file is the drawn image (each pixel a scale x scale block)
+    with av.open(paths["video"]) as container:
+        first = next(container.decode(video=0)).to_ndarray(format="rgb24").astype(np.float64)
+    h, w = TINY_CLIP["height"], TINY_CLIP["width"]
+    first = first.reshape(h, scale, w, scale, 3).mean(axis=(1, 3))
+    assert psnr(first, drawn) >= 30.0
 
 
 def test_pipeline_flow_runs_the_dvc_stages_and_the_gate_holds(

@@ -25,7 +25,7 @@ import av
 import pytest
 import yaml
 
-from jointdit.data.media import probe
+from jointdit.data.media import display_scale, probe
 from tests.servers import (
     BIN,
     REPO,
@@ -126,7 +126,8 @@ def test_sample_deployment_run_watch_completes_and_writes_a_sounding_video(deplo
         assert sorted(s.type for s in container.streams) == ["audio", "video"]
     info = probe(video)
     assert info.has_audio and info.fps == TINY_CLIP["fps"]
-    assert (info.width, info.height) == (TINY_CLIP["width"], TINY_CLIP["height"])
+    scale = display_scale(TINY_CLIP["height"], TINY_CLIP["width"])
+    assert (info.width, info.height) == (TINY_CLIP["width"] * scale, TINY_CLIP["height"] * scale)
 
 
 def api(env: dict[str, str], path: str):
