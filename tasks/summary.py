@@ -48,10 +48,15 @@ def table(rows: list[list[str]]) -> list[str]:
 
 
 def headline_columns(systems_csv: Path, systems: dict[str, dict[str, float]]) -> list[str]:
-    """The plotted columns that some system has a value for."""
-    with open(systems_csv, newline="") as f:
-        header = next(csv.reader(f))
-    return [c for c in header[1:] if any(c in row for row in systems.values())]
+    """The plotted columns that some system has a value for; without the plot's table (a
+    metrics.json written by hand or by an older evaluate), every column but the errors."""
+    if systems_csv.is_file():
+        with open(systems_csv, newline="") as f:
+            header = next(csv.reader(f))[1:]
+    else:
+        header = list(dict.fromkeys(c for row in systems.values() for c in row))
+        header = [c for c in header if not c.endswith("_sem")]
+    return [c for c in header if any(c in row for row in systems.values())]
 
 
 def summary(reports: Path = REPORTS, plots: Path = PLOTS) -> str:
@@ -68,8 +73,8 @@ def summary(reports: Path = REPORTS, plots: Path = PLOTS) -> str:
         for name, row in systems.items()
     ]
     lines = [
-        f"Evaluation ({metrics_path}): {metrics['n_samples']} validation clips, "
-        f"{metrics['n_reference']} reference clips; * = the default system, the one the "
+        f"Evaluation ({metrics_path}): {metrics.get('n_samples', '?')} validation clips, "
+        f"{metrics.get('n_reference', '?')} reference clips; * = the default system, the one the "
         "register gate reads",
         *("  " + line for line in table(rows)),
     ]

@@ -205,7 +205,7 @@ def test_a_pipeline_stage_waits_for_a_dvc_repro_started_by_hand_then_runs(
     # the flow's stage ran once the hand-started one had finished, and said why it waited
     done = {p: (tmp_path / f"{p}.txt").stat().st_mtime_ns for p in stages}
     assert done["flow"] >= done["by_hand"]
-    APILogHandler.flush()
+    APILogHandler().flush()
     with get_client(sync_client=True) as client:
         logs = client.read_logs(
             LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))

@@ -68,3 +68,16 @@ def test_no_evaluation_yet_is_a_clear_message(tmp_path):
     )
     assert done.returncode == 1 and "run `dvc repro` first" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_metrics_file_without_the_plot_table_still_summarises(tmp_path):
+    """A metrics.json written by hand (or by an older evaluate): every column but the errors."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    row = {"oracle_f1": 0.5, "oracle_f1_sem": 0.1, "fd_frames": 1.0}
+    metrics = {"default_system": "joint-jointcfg", "systems": {"joint-jointcfg": row}}
+    (reports / "metrics.json").write_text(json.dumps(metrics))
+    out = summary(reports, tmp_path / "plots")
+    header, line = [x for x in out.splitlines() if x.startswith("  ")][:2]
+    assert header.split() == ["system", "oracle_f1", "fd_frames"]
+    assert line.split() == ["joint-jointcfg", "*", "0.500", "±", "0.100", "1.000"]
