@@ -27,6 +27,7 @@ from tasks.common import (
     mlflow_run,
     write_json,
 )
+from tasks.serving_spec import pip_requirements, signature
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,25 +96,6 @@ def gate(
     )
 
 
-def pip_requirements() -> list[str]:
-    """The serving environment: pinned as installed here (no slow requirement inference)."""
-    from importlib.metadata import version
-
-    names = (
-        "torch",
-        "torchaudio",
-        "numpy",
-        "pandas",
-        "pillow",
-        "safetensors",
-        "mlflow",
-        "diffusers",  # the svd / audioldm2 codecs
-        "transformers",  # the AudioLDM2 vocoder
-        "open-clip-torch",  # CLIP conditioning
-    )
-    return [f"{n}=={version(n)}" for n in names]
-
-
 @contextlib.contextmanager
 def exclusive(lock: Path) -> Iterator[None]:
     """Hold an exclusive lock on the file `lock` (created if missing) for the block.
@@ -173,6 +155,7 @@ def _register(params: dict[str, Any]) -> dict[str, Any]:
             artifacts={**artifacts, "serving": str(serving_path)},
             code_paths=[str(ROOT / "jointdit")],
             pip_requirements=pip_requirements(),
+            signature=signature(),
             registered_model_name=name,
         )
         client = MlflowClient()

@@ -235,14 +235,16 @@ def start_worker(env: dict[str, str], pool: str, log: Path) -> Server:
 # -- a registered tiny model ------------------------------------------------------------------
 
 
-def tiny_workspace(root: Path, av_align: float = 0.5) -> Path:
-    """A workspace the `register` step accepts: params, a tiny Stage B checkpoint, metrics.
+def tiny_workspace(root: Path, av_align: float = 0.5, params: dict | None = None) -> Path:
+    """A workspace the `register` step accepts: params (default: tiny ones), a random Stage B
+    checkpoint of their model, metrics.
 
     Stands in for `dvc repro` up to evaluate (what test_pipeline_e2e runs, minutes) when only
     the registry is under test.
     """
-    params = tiny_params()
-    params["sample"]["steps"] = 2
+    if params is None:
+        params = tiny_params()
+        params["sample"]["steps"] = 2
     (root / "models").mkdir(parents=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     torch.manual_seed(0)
