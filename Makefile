@@ -20,13 +20,18 @@ repro: install
 	dvc repro
 	dvc metrics show
 
-# PostgreSQL's binaries, for the MLflow-on-PostgreSQL test (tests/test_servers.py starts its own
-# cluster on a free port; the packaged service is not used): apt, only when missing.
+# Debian packages the tests need, each only when missing: PostgreSQL's binaries (the MLflow on
+# PostgreSQL test starts its own cluster on a free port; the packaged service is not used) and
+# chromium (the browser tests drive it through Playwright; nothing downloads a browser).
 system-deps:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
 	  sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 	  $$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive \
-	  $$sudo apt-get install -y -q --no-install-recommends postgresql; }
+	  $$sudo apt-get install -y -q --no-install-recommends $$missing; \
+	fi
 
 test: install system-deps
 	$(PY) -m pytest
