@@ -95,24 +95,28 @@ def main() -> None:
                "PREFECT_HOME": str(Path(tmp) / "prefect-home")}  # fmt: skip
         env.pop("PREFECT_API_URL", None)
         py = [sys.executable, "-c"]
+        # each figure is printed as soon as it is measured: on a loaded machine a run is long
+        print(f"model: params.yaml's size, {params['sample']['steps']} steps "
+              f"{params['sample']['guidance']}, {params['clip']['width']}x"
+              f"{params['clip']['height']} x {params['clip']['duration_s']} s; median of "
+              f"{args.runs}", flush=True)  # fmt: skip
         compute = json.loads(timed([*py, COMPUTE, tracking, str(image), str(args.runs)], ws,
                                    env)[1])  # fmt: skip
+        c = statistics.median(compute)
+        row("model compute (predict, in process)", c, c)
         sample = [str(BIN / "jointdit"), "sample", "--image", str(image)]
         cli = [timed(sample, ws, env)[0] for _ in range(args.runs)]
-        before, _ = timed([*sample, "--prefect"], ws, env)
+        row("jointdit sample (no Prefect API)", statistics.median(cli), c)
+        row("jointdit sample --prefect (temporary server)",
+            timed([*sample, "--prefect"], ws, env)[0], c, "  (once)")  # fmt: skip
         phases = json.loads(timed([*py, PHASES, tracking, str(image), tmp], ws, env)[1])
-
-    c, c_cli = statistics.median(compute), statistics.median(cli)
-    print(f"model: params.yaml's size, {params['sample']['steps']} steps "
-          f"{params['sample']['guidance']}, {params['clip']['width']}x{params['clip']['height']}"
-          f" x {params['clip']['duration_s']} s; median of {args.runs}")  # fmt: skip
-    print(f"{'model compute (predict, in process)':<44} {c:7.2f} s   1.00x")
-    print(f"{'jointdit sample (no Prefect API)':<44} {c_cli:7.2f} s   {c_cli / c:.2f}x")
-    print(f"{'jointdit sample --prefect (temporary server)':<44} {before:7.2f} s   "
-          f"{before / c:.2f}x  (once)")  # fmt: skip
     print("where `jointdit sample` spends its time (one process):")
     for name, seconds in phases.items():
         print(f"  {name:<20} {seconds:7.2f} s")
+
+
+def row(name: str, seconds: float, compute: float, note: str = "") -> None:
+    print(f"{name:<44} {seconds:7.2f} s   {seconds / compute:.2f}x{note}", flush=True)
 
 
 if __name__ == "__main__":
