@@ -91,8 +91,10 @@ def main() -> None:
         timed(register_cmd(), ws, register_env(tracking))
         image = ws / "drawn.png"
         image.write_bytes(png_bytes())
+        # a loaded machine can take longer than Prefect's 20 s to start the temporary server
         env = {**os.environ, "MLFLOW_TRACKING_URI": tracking,
-               "PREFECT_HOME": str(Path(tmp) / "prefect-home")}  # fmt: skip
+               "PREFECT_HOME": str(Path(tmp) / "prefect-home"),
+               "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600"}  # fmt: skip
         env.pop("PREFECT_API_URL", None)
         py = [sys.executable, "-c"]
         # each figure is printed as soon as it is measured: on a loaded machine a run is long
