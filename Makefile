@@ -38,7 +38,7 @@ seeds: install
 
 # Debian packages the tests need, each only when missing: PostgreSQL's binaries (the MLflow on
 # PostgreSQL test starts its own cluster on a free port; the packaged service is not used) and
-# chromium (the Prefect UI test drives it through Playwright; nothing downloads a browser).
+# chromium (the Prefect UI and demo tests drive it through Playwright; nothing downloads a browser).
 system-deps:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \

@@ -1,5 +1,9 @@
-"""`jointdit` command line: run the sample or pipeline flow, or the pipeline under a profile;
-fetch the real footage the `film` profile trains on."""
+"""`jointdit` command line: sample a clip, serve the web demo, run the pipeline flow, or the
+pipeline under a profile; fetch the real footage the `film` profile trains on.
+
+Each command imports only what it runs: `sample` without a Prefect API runs the steps
+directly (tasks/sample_clip.py), with no Prefect import and no temporary Prefect server.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,30 @@ import os
 import shlex
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
+
+
+def prefect_api_url() -> str | None:
+    """The Prefect API this process would use: $PREFECT_API_URL, else the active profile's
+    PREFECT_API_URL (profiles.toml under $PREFECT_PROFILES_PATH, $PREFECT_HOME or ~/.prefect;
+    the profile named by $PREFECT_PROFILE, else the file's `active` one), else prefect.toml's
+    [api] url in this directory. Read here because importing Prefect's settings takes seconds.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect")
+    profiles = _toml(Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml"))
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active")
+    url = profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL")
+    return url or _toml(Path("prefect.toml")).get("api", {}).get("url")
+
+
+def _toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,11 +47,24 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--prompt", default="")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--steps", type=int)
-    s.add_argument("--guidance", choices=["none", "cfg", "jointcfg"])
-    s.add_argument("--sampler", choices=["euler", "heun"])
-    s.add_argument("--model-uri", default="models:/jointdit@champion")
+    s.add_argument("--guidance", help="none | cfg | jointcfg (default: the model's)")
+    s.add_argument("--sampler", help="euler | heun (default: the model's)")
+    s.add_argument("--model-uri", help="default: models:/jointdit@champion")
     s.add_argument("--out-dir", default="outputs")
     s.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    s.add_argument(
+        "--prefect",
+        action="store_true",
+        help="run as a Prefect flow even without a configured Prefect API (Prefect then "
+        "starts a temporary server); with one configured it always does",
+    )
+    d = sub.add_parser("demo", help="a web page: image + prompt in, video with sound out")
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=7860)
+    d.add_argument(
+        "--model-uri", help="default: models:/jointdit@champion; its other aliases are offered"
+    )
+    d.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     p = sub.add_parser("pipeline", help="run the DVC stages as a Prefect flow")
     p.add_argument("--stage", action="append", dest="stages", help="only these (repeatable)")
     p.add_argument("--force", action="store_true", help="rerun even if up to date")
@@ -63,20 +104,25 @@ def main(argv: list[str] | None = None) -> None:
             done = subprocess.run([sys.executable, "-m", "dvc", *dvc_args], env=env)
             sys.exit(done.returncode)
     elif args.command == "sample":
-        from flows.sample import sample
-
-        paths = sample(
-            image=args.image,
-            prompt=args.prompt,
-            seed=args.seed,
-            steps=args.steps,
-            guidance=args.guidance,
-            sampler=args.sampler,
-            model_uri=args.model_uri,
-            out_dir=args.out_dir,
-            tracking_uri=args.tracking_uri,
-        )
+        if args.prefect or prefect_api_url():
+            from flows.sample import sample as run
+        else:
+            from tasks.sample_clip import sample_clip as run
+        names = ("image", "prompt", "seed", "steps", "guidance", "sampler", "model_uri",
+                 "out_dir", "tracking_uri")  # fmt: skip
+        request = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+        try:
+            paths = run(**request)
+        except (ValueError, LookupError, OSError) as e:  # bad input, unknown model, no file
+            sys.exit(f"jointdit sample: error: {e}")
         print(json.dumps(paths, indent=2))
+    elif args.command == "demo":
+        from flows.demo import serve_demo
+
+        try:
+            serve_demo(args.host, args.port, args.model_uri, args.tracking_uri)
+        except (LookupError, OSError) as e:  # unknown model, port taken
+            sys.exit(f"jointdit demo: error: {e}")
     else:
         from flows.pipeline import pipeline
 

@@ -23,6 +23,7 @@ from tasks.logs import get_logger
 from tasks.mlflow_runs import mlflow_run
 from tasks.params import cli
 from tasks.paths import MODELS, REPORTS, write_json
+from tasks.serving_spec import pip_requirements, signature
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,6 +112,7 @@ def pip_requirements() -> list[str]:
     return [f"{n}=={version(n)}" for n in names]
 
 
+from tasks.serving_spec import pip_requirements, signature
 @contextlib.contextmanager
 def exclusive(lock: Path) -> Iterator[None]:
     """Hold an exclusive lock on the file `lock` (created if missing) for the block.
@@ -170,6 +172,7 @@ def _register(params: dict[str, Any]) -> dict[str, Any]:
             artifacts={**artifacts, "serving": str(serving_path)},
             code_paths=[str(ROOT / "jointdit")],
             pip_requirements=pip_requirements(),
+            signature=signature(),
             registered_model_name=name,
         )
         client = MlflowClient()

@@ -9,8 +9,8 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 from jointdit.model.jointdit import JointDiT, JointDiTConfig
 
-# the real-server fixtures (a plugin of test_servers and test_faults) assert too
-pytest.register_assert_rewrite("tests.servers")
+# the real-server fixtures (plugins of the server, fault and serving tests) assert too
+pytest.register_assert_rewrite("tests.servers", "tests.serving_fixtures")
 
 # Tiny models gain nothing from threads, and spinning OpenMP threads on a busy 2-core machine
 # slow every step tenfold.

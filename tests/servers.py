@@ -224,18 +224,25 @@ def start_worker(env: dict[str, str], pool: str, log: Path) -> Server:
 # -- a registered tiny model ------------------------------------------------------------------
 
 
-def tiny_workspace(root: Path, primary: float = 0.5) -> Path:
-    """A workspace the `register` step accepts: params, a tiny Stage B checkpoint, metrics.
+def tiny_workspace(root: Path, primary: float = 0.5, params: dict | None = None) -> Path:
+    """A workspace the `register` step accepts: params (default: tiny ones), a random Stage B
+    checkpoint of their model, metrics. The tiny model's weights are all randomized (so its
+    zero-initialised gates hide nothing); a model of given params keeps its own initialisation
+    (randomizing a deep one makes its activations overflow to NaN).
 
     Stands in for `dvc repro` up to evaluate (what test_pipeline_e2e runs, minutes) when only
     the registry is under test.
     """
-    params = tiny_params()
-    params["sample"]["steps"] = 2
+    tiny = params is None
+    if tiny:
+        params = tiny_params()
+        params["sample"]["steps"] = 2
     (root / "models").mkdir(parents=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     torch.manual_seed(0)
-    model = randomize(JointDiT(model_config(params, codec_from(params))))
+    model = JointDiT(model_config(params, codec_from(params)))
+    if tiny:
+        randomize(model)
     save_checkpoint(root / "models" / "stage_b", model)
     gate = params["register"]["gate"]
     row = {gate["primary"]: primary, **dict.fromkeys(gate["guards"], 1.0)}

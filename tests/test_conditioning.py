@@ -244,7 +244,7 @@ def test_served_model_encodes_the_users_image_and_prompt_with_clip(tiny_clip, tm
 
     def run(prompt: str) -> dict:
         request = {"image": str(tmp_path / "in.png"), "prompt": prompt, "seed": 0}
-        return served.predict(None, pd.DataFrame([request]))[0]
+        return served.predict(None, pd.DataFrame([request]), {"output": "arrays"})[0]
 
     out, other = run("a ball bounces"), run("a drum")
     assert out["frames"].shape == (4, 16, 16, 3) and out["audio"].shape == (16000,)

@@ -425,7 +425,8 @@ def test_the_served_model_builds_the_training_codec_and_says_which_decoder(snaps
     artifacts = {"checkpoint": str(tmp_path / "ckpt"), "serving": str(tmp_path / "serving.json")}
     served.load_context(type("Context", (), {"artifacts": artifacts})())
     assert served.codec.name == "svd+audioldm2"
-    out = served.predict(None, pd.DataFrame([{"image": str(image), "steps": 1}]))[0]
+    request = pd.DataFrame([{"image": str(image), "steps": 1}])
+    out = served.predict(None, request, {"output": "arrays"})[0]
     assert out["audio_decoder"] == "hifigan"
     assert out["frames"].shape == (5, 32, 32, 3) and out["frames"].dtype == np.uint8
     assert out["audio"].shape == (32 * 640,) and out["audio"].dtype == np.float32

@@ -206,7 +206,7 @@ def test_the_registered_model_serves_an_image_and_a_prompt(
     rows = pd.DataFrame(
         [{"image": str(image), "prompt": p, "seed": 3} for p in ("a red ball bouncing", "")]
     )
-    out, no_prompt = served.predict(rows)
+    out, no_prompt = served.predict(rows, params={"output": "arrays"})
     assert out["audio_decoder"] == "hifigan"
     assert out["frames"].shape == (4, 16, 16, 3) and out["frames"].dtype == np.uint8
     # 25 latent frames -> 100 mel frames -> 160 samples each

@@ -62,7 +62,8 @@ def test_mlflow_on_postgres_registers_and_serves_a_model(
     finally:
         mlflow.set_tracking_uri(None)
     image = drawn_image(tmp_path / "drawn.png")
-    out = model.predict(pd.DataFrame([{"image": str(image), "seed": 1, "steps": 2}]))[0]
+    request = pd.DataFrame([{"image": str(image), "seed": 1, "steps": 2}])
+    out = model.predict(request, params={"output": "arrays"})[0]
     n_frames = round(TINY_CLIP["duration_s"] * TINY_CLIP["fps"])
     size = (TINY_CLIP["height"], TINY_CLIP["width"], 3)
     assert out["frames"].shape == (n_frames, *size) and out["frames"].dtype == np.uint8

@@ -1,0 +1,125 @@
+"""`jointdit sample` latency beside the model's own compute, for a model of params.yaml's size.
+
+A randomly initialised model of the default size (the trained one does the same arithmetic) is
+registered by the real `register` step in a temporary store. Then, each in a fresh process
+with the same threads:
+- compute: the served model's predict for one image (generate + decode), after a warm-up;
+- CLI: `jointdit sample` wall time (process start, imports, model load, predict, MP4 + WAV +
+  PNG, the MLflow run), without a Prefect API, as a user runs it;
+- before: `jointdit sample --prefect`, the flow under a temporary Prefect server (what the CLI
+  always did), once;
+- where the CLI's time goes: the same steps timed inside one process.
+
+    python benchmarks/cli_latency.py [--runs 3] [--steps 16]
+
+Absolute times depend on the machine and its load; the ratio is measured within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # tests.servers: the registered workspace the tests use
+
+from tests.servers import register_cmd, register_env, tiny_workspace  # noqa: E402
+from tests.serving_inputs import png_bytes  # noqa: E402
+
+BIN = Path(sys.executable).parent
+COMPUTE = """
+import json, sys, time, pandas as pd, mlflow
+mlflow.set_tracking_uri(sys.argv[1])
+model = mlflow.pyfunc.load_model("models:/jointdit@champion")
+row = pd.DataFrame([{"image": sys.argv[2], "seed": 0}])
+model.predict(row, params={"output": "arrays"})  # warm-up
+times = []
+for _ in range(int(sys.argv[3])):
+    t = time.perf_counter(); model.predict(row, params={"output": "arrays"})
+    times.append(time.perf_counter() - t)
+print(json.dumps(times))
+"""
+PHASES = """
+import json, sys, time
+t0 = time.perf_counter()
+from tasks import sample_clip as s
+t1 = time.perf_counter()
+model = s.load_model("models:/jointdit@champion", sys.argv[1])
+t2 = time.perf_counter()
+request = {"image": sys.argv[2], "seed": 0}
+result = s.generate_clip(model, request)
+t3 = time.perf_counter()
+paths = s.write_outputs(result, __import__("pathlib").Path(sys.argv[3]), "phases", "")
+t4 = time.perf_counter()
+s.log_sample(request, "models:/jointdit@champion", paths)
+t5 = time.perf_counter()
+print(json.dumps({"imports": t1 - t0, "load model": t2 - t1, "predict": t3 - t2,
+                  "MP4 + WAV + PNG": t4 - t3, "MLflow run": t5 - t4}))
+"""
+
+
+def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return elapsed, proc.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--steps", type=int, help="sample.steps (default: params.yaml's)")
+    args = parser.parse_args()
+
+    from tasks.params import load_params
+
+    params = load_params(REPO / "params.yaml")
+    if args.steps:
+        params["sample"]["steps"] = args.steps
+    with tempfile.TemporaryDirectory(prefix="jointdit-cli-bench-") as tmp:
+        ws = tiny_workspace(Path(tmp) / "ws", params=params)
+        tracking = f"sqlite:///{ws / 'mlflow.db'}"
+        timed(register_cmd(), ws, register_env(tracking))
+        image = ws / "drawn.png"
+        image.write_bytes(png_bytes())
+        # a loaded machine can take longer than Prefect's 20 s to start the temporary server
+        env = {**os.environ, "MLFLOW_TRACKING_URI": tracking,
+               "PREFECT_HOME": str(Path(tmp) / "prefect-home"),
+               "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600"}  # fmt: skip
+        env.pop("PREFECT_API_URL", None)
+        py = [sys.executable, "-c"]
+        # each figure is printed as soon as it is measured: on a loaded machine a run is long
+        print(f"model: params.yaml's size, {params['sample']['steps']} steps "
+              f"{params['sample']['guidance']}, {params['clip']['width']}x"
+              f"{params['clip']['height']} x {params['clip']['duration_s']} s; median of "
+              f"{args.runs}", flush=True)  # fmt: skip
+        compute = json.loads(timed([*py, COMPUTE, tracking, str(image), str(args.runs)], ws,
+                                   env)[1])  # fmt: skip
+        c = statistics.median(compute)
+        row("model compute (predict, in process)", c, c)
+        sample = [str(BIN / "jointdit"), "sample", "--image", str(image)]
+        cli = [timed(sample, ws, env)[0] for _ in range(args.runs)]
+        row("jointdit sample (no Prefect API)", statistics.median(cli), c)
+        row("jointdit sample --prefect (temporary server)",
+            timed([*sample, "--prefect"], ws, env)[0], c, "  (once)")  # fmt: skip
+        phases = json.loads(timed([*py, PHASES, tracking, str(image), tmp], ws, env)[1])
+    print("where `jointdit sample` spends its time (one process):")
+    for name, seconds in phases.items():
+        print(f"  {name:<20} {seconds:7.2f} s")
+
+
+def row(name: str, seconds: float, compute: float, note: str = "") -> None:
+    print(f"{name:<44} {seconds:7.2f} s   {seconds / compute:.2f}x{note}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
