@@ -9,13 +9,16 @@ matmul at the same thread count, timed before every variant and the best kept (b
 compared to that fp32 peak too). On a machine others load, each figure is the best of its
 steps, and the peak the best of its measurements: the ratio holds when the times do not.
 
-    python benchmarks/train_step.py [--batch 8] [--steps 8] [--threads N] [--device cpu]
+    python benchmarks/train_step.py [--batch 8] [--steps 5] [--warmup 2] [--threads N]
+        [--device cpu] [--variants ships compile fp32 checkpointing]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from jointdit.flow import Batch, FlowConfig
 from jointdit.model.jointdit import JointDiT, JointDiTConfig
-from jointdit.training import TrainConfig, condition_sensitivity, train, validation_loss
+from jointdit.training import TrainConfig, train
 from tasks.encoding import codec_from
 from tasks.model_config import model_config
 from tasks.params import load_params
@@ -66,48 +69,67 @@ def random_latents(params: dict, codec, size: int, device: str, seed: int) -> Ba
     )
 
 
-def step_seconds(
-    cfg: JointDiTConfig, data: Batch, train_cfg: TrainConfig, warmup: int
-) -> list[float]:
-    """Seconds of each training step after `warmup` steps (the last, which validates, left
-    out), timed between train()'s per-step log calls."""
+class _Enough(Exception):
+    """Raised from train()'s log callback once the steps wanted are done: the run stops before
+    its last step, which would validate."""
+
+
+def _train_until(
+    cfg: JointDiTConfig, data: Batch, train_cfg: TrainConfig, steps: int, on_step: Callable
+) -> None:
+    """Run `steps` of train()'s steps (of a run planned one longer), calling on_step after each."""
     torch.manual_seed(0)
     model = JointDiT(cfg).to(data.video.device)
+
+    def log(step: int, record: dict) -> None:
+        on_step()
+        if step == steps:
+            raise _Enough
+
+    with contextlib.suppress(_Enough):
+        train(model, data, data, replace(train_cfg, steps=steps + 1), FlowConfig(), log, False)
+
+
+def step_seconds(
+    cfg: JointDiTConfig, data: Batch, train_cfg: TrainConfig, warmup: int, steps: int
+) -> list[float]:
+    """Seconds of each of `steps` training steps after `warmup` untimed ones, timed between
+    train()'s per-step log calls."""
     stamps: list[float] = []
-    train(
-        model,
-        data,
-        data,
-        train_cfg,
-        FlowConfig(),
-        log=lambda step, record: stamps.append(time.perf_counter()),
-        progress=False,
+    _train_until(
+        cfg, data, train_cfg, warmup + steps, lambda: stamps.append(time.perf_counter())
     )
-    return [b - a for a, b in zip(stamps[warmup - 1 : -2], stamps[warmup:-1], strict=True)]
+    return [b - a for a, b in zip(stamps[warmup - 1 : -1], stamps[warmup:], strict=True)]
 
 
 def step_flops(cfg: JointDiTConfig, data: Batch, train_cfg: TrainConfig) -> float:
-    """FLOPs of one eager training step (forward, backward, optimizer; validation left out)."""
-    model = JointDiT(cfg).to(data.video.device)
-    one = replace(train_cfg, steps=1, eval_every=10**9, compile=False)
+    """FLOPs of one eager training step (forward, backward, optimizer)."""
+    counted: list[float] = []
     with FlopCounterMode(display=False) as counter:
-        # the only step is also the last, which validates: count it apart and subtract
-        train(model, data, data, one, FlowConfig(), progress=False)
-    total = counter.get_total_flops()
-    with FlopCounterMode(display=False) as val_counter:
-        validation_loss(model, data, FlowConfig(), False)
-        condition_sensitivity(model, data, experts_only=False)
-    return total - val_counter.get_total_flops()
+        _train_until(
+            cfg,
+            data,
+            replace(train_cfg, compile=False),
+            1,
+            lambda: counted.append(counter.get_total_flops()),
+        )
+    return counted[0]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per variant")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps (compile: more)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps (compile: more)")
     parser.add_argument("--threads", type=int, default=0, help="0: torch's default")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=("ships", "compile", "fp32", "checkpointing"),
+        default=["ships", "compile", "fp32", "checkpointing"],
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -117,13 +139,22 @@ def main() -> None:
     cfg = model_config(params, codec)
     data = random_latents(params, codec, 4 * args.batch, args.device, seed=0)
     base = TrainConfig(batch_size=args.batch, eval_every=10**9, bf16=True)
-    variants = [
-        ("bf16 autocast (ships)", base, args.warmup),
-        ("bf16 + torch.compile", replace(base, compile=True), args.warmup + 3),
-        ("fp32", replace(base, bf16=False), args.warmup),
-        ("bf16 + grad checkpointing", replace(base, grad_checkpointing=True), args.warmup),
-    ]
-    flops = {name: step_flops(cfg, data, tc) for name, tc, _ in variants}
+    variants = {
+        "ships": ("bf16 autocast (ships)", base, args.warmup),
+        "compile": ("bf16 + torch.compile", replace(base, compile=True), args.warmup + 3),
+        "fp32": ("fp32", replace(base, bf16=False), args.warmup),
+        "checkpointing": (
+            "bf16 + grad checkpointing",
+            replace(base, grad_checkpointing=True),
+            args.warmup,
+        ),
+    }
+    variants = [variants[v] for v in args.variants]
+    # bf16, fp32 and compiled steps count the same FLOPs; checkpointing recomputes forwards
+    flops = {
+        ckpt: step_flops(cfg, data, replace(base, grad_checkpointing=ckpt))
+        for ckpt in {tc.grad_checkpointing for _, tc, _ in variants}
+    }
     print(
         f"default model (params.yaml, {SHIPPED_MODEL}): "
         f"{sum(p.numel() for p in JointDiT(cfg).parameters()) / 1e6:.2f} M parameters, "
@@ -135,9 +166,8 @@ def main() -> None:
     rows = []
     for name, train_cfg, warmup in variants:
         peak = max(peak, matmul_peak(args.device))
-        timed = replace(train_cfg, steps=warmup + args.steps + 1)
-        seconds = min(step_seconds(cfg, data, timed, warmup))
-        rows.append((name, seconds, flops[name]))
+        seconds = min(step_seconds(cfg, data, train_cfg, warmup, args.steps))
+        rows.append((name, seconds, flops[train_cfg.grad_checkpointing]))
     peak = max(peak, matmul_peak(args.device))
     print(f"fp32 matmul peak (2048^3, best in this run): {peak / 1e9:.1f} GFLOP/s\n")
     print(
