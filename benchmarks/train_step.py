@@ -8,9 +8,11 @@ are counted by torch's FlopCounterMode over one eager step; the ceiling is an fp
 matmul at the same thread count, timed before every variant and the best kept (bf16 is
 compared to that fp32 peak too). On a machine others load, each figure is the best of its
 steps, and the peak the best of its measurements: the ratio holds when the times do not.
+Under heavy load a multi-second step rarely runs undisturbed while a short matmul does, so
+`--clock cpu --threads 1` times both by this process's CPU time instead of the wall clock.
 
     python benchmarks/train_step.py [--batch 8] [--steps 5] [--warmup 2] [--threads N]
-        [--device cpu] [--variants ships compile fp32 checkpointing]
+        [--device cpu] [--clock wall|cpu] [--variants ships compile fp32 checkpointing]
 """
 
 from __future__ import annotations
@@ -36,17 +38,19 @@ from tasks.params import load_params
 SHIPPED_MODEL = {"audio_patch_f": 32}
 
 
-def matmul_peak(device: str, n: int = 2048, seconds: float = 1.0) -> float:
+def matmul_peak(
+    device: str, clock: Callable[[], float], n: int = 2048, seconds: float = 1.0
+) -> float:
     """The best FLOP/s of one fp32 n^3 matmul over `seconds`."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
     best, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
-        t0 = time.perf_counter()
+        t0 = clock()
         a @ b
         if device == "cuda":
             torch.cuda.synchronize()
-        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+        best = max(best, 2 * n**3 / max(clock() - t0, 1e-9))
     return best
 
 
@@ -91,13 +95,18 @@ def _train_until(
 
 
 def step_seconds(
-    cfg: JointDiTConfig, data: Batch, train_cfg: TrainConfig, warmup: int, steps: int
+    cfg: JointDiTConfig,
+    data: Batch,
+    train_cfg: TrainConfig,
+    warmup: int,
+    steps: int,
+    clock: Callable[[], float],
 ) -> list[float]:
     """Seconds of each of `steps` training steps after `warmup` untimed ones, timed between
     train()'s per-step log calls."""
     stamps: list[float] = []
     _train_until(
-        cfg, data, train_cfg, warmup + steps, lambda: stamps.append(time.perf_counter())
+        cfg, data, train_cfg, warmup + steps, lambda: stamps.append(clock())
     )
     return [b - a for a, b in zip(stamps[warmup - 1 : -1], stamps[warmup:], strict=True)]
 
@@ -125,12 +134,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="0: torch's default")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: this process's CPU time, which others' load does not stretch (use with "
+        "--threads 1: idle threads' spinning would count)",
+    )
+    parser.add_argument(
         "--variants",
         nargs="+",
         choices=("ships", "compile", "fp32", "checkpointing"),
         default=["ships", "compile", "fp32", "checkpointing"],
     )
     args = parser.parse_args()
+    if args.clock == "cpu" and args.device != "cpu":
+        parser.error("--clock cpu times CPU work; a GPU's needs the wall clock")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.threads:
         torch.set_num_threads(args.threads)
     params = load_params(args.params)
@@ -158,17 +177,18 @@ def main() -> None:
     print(
         f"default model (params.yaml, {SHIPPED_MODEL}): "
         f"{sum(p.numel() for p in JointDiT(cfg).parameters()) / 1e6:.2f} M parameters, "
-        f"batch {args.batch}, {torch.get_num_threads()} threads, device {args.device}; "
+        f"batch {args.batch}, {torch.get_num_threads()} threads, device {args.device}, "
+        f"{args.clock} clock; "
         f"best of {args.steps} steps after {args.warmup} (compile: +3)",
         flush=True,
     )
     peak = 0.0
     rows = []
     for name, train_cfg, warmup in variants:
-        peak = max(peak, matmul_peak(args.device))
-        seconds = min(step_seconds(cfg, data, train_cfg, warmup, args.steps))
+        peak = max(peak, matmul_peak(args.device, clock))
+        seconds = min(step_seconds(cfg, data, train_cfg, warmup, args.steps, clock))
         rows.append((name, seconds, flops[train_cfg.grad_checkpointing]))
-    peak = max(peak, matmul_peak(args.device))
+    peak = max(peak, matmul_peak(args.device, clock))
     print(f"fp32 matmul peak (2048^3, best in this run): {peak / 1e9:.1f} GFLOP/s\n")
     print(
         f"{'variant':<28} {'s/step':>7} {'samples/s':>10} {'GFLOP/step':>11} "
