@@ -5,6 +5,7 @@ computes what the adapted one did, and the stage's config and checks refuse what
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,15 +30,15 @@ from jointdit.flow import Batch, FlowConfig
 from jointdit.model.joint import build_from_unets
 from jointdit.training import TrainConfig, train
 from tasks.finetune import finetune_config
+from tasks.profiles import load_profile
 from tests.conftest import randomize, tiny_inputs
 from tests.pretrained_fixtures import AUDIOLDM_TINY, SVD_TINY
 from tests.test_backbones import MODEL_CFG, joint_inputs
 
 DIT_TARGETS = ("blocks.*.joint.*", "blocks.*.video_expert.attn.*", "blocks.*.audio_expert.attn.*")
-UNET_TARGETS = (
-    "joint.*", "video.unet.*.to_[qkv]", "video.unet.*.to_out.0",
-    "audio.unet.*.to_[qkv]", "audio.unet.*.to_out.0",
-)  # fmt: skip
+REPO = Path(__file__).resolve().parent.parent
+# the backbones path's adapters, as the gpu profile places them
+UNET_TARGETS = tuple(load_profile("gpu", REPO / "profiles")["finetune"]["lora"]["targets"])
 
 
 def forward(model, x, **kw):

@@ -60,7 +60,7 @@ def test_a_bare_dvc_repro_never_fine_tunes_and_the_fine_tune_reruns_only_what_is
     assert "Running stage 'register'" in runs.default and "finetune" not in runs.default
     # the new data: fetch, validate and cache rerun; no training stage of the default graph
     ran = {line.split("'")[1] for line in runs.finetune.splitlines() if "Running stage" in line}
-    assert ran == {"fetch", "validate", "cache", "finetune"}
+    assert ran == {"fetch", "validate", "cache", "finetune/dvc.yaml:finetune"}
 
 
 def test_the_fine_tune_starts_from_the_champion_and_is_registered_with_its_parent(project):
