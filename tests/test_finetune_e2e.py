@@ -43,11 +43,15 @@ def runs(tmp_path_factory) -> SimpleNamespace:
     params["finetune"].update(steps=3, batch_size=2, warmup_steps=1, eval_every=3)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], root)
-    default = run([sys.executable, "-m", "dvc", "repro"], root).stdout
+    # the whole default graph, then the fine-tune: on a shared 2-core machine under load the
+    # first took 15 minutes, the 900 s that one `run` is given
+    default = run([sys.executable, "-m", "dvc", "repro"], root, timeout=2400).stdout
     # the user's new domain: the same clip names, other pictures
     params["data"]["synthetic"]["background_variety"] = True
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    finetuned = run([sys.executable, "-m", "dvc", "repro", "finetune/dvc.yaml"], root).stdout
+    finetuned = run(
+        [sys.executable, "-m", "dvc", "repro", "finetune/dvc.yaml"], root, timeout=2400
+    ).stdout
     return SimpleNamespace(root=root, default=default, finetune=finetuned)
 
 
