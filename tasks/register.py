@@ -210,8 +210,9 @@ def _register(
         try:
             current = client.get_model_version_by_alias(name, "champion")
             champion_version = current.version
-            if champion_version in measured:  # measured beside the candidate, on its clips
-                champion = measured[champion_version]
+            # measured beside the candidate, on its clips (keys: version numbers as strings)
+            if str(champion_version) in measured:
+                champion = measured[str(champion_version)]
                 champion_protocol = metrics["protocol"]
             else:
                 champion = {k: float(v) for k, v in current.tags.items() if k in candidate}
