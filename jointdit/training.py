@@ -213,7 +213,11 @@ def train(
     torch.manual_seed(cfg.seed)
     names = set(set_trainable(model, cfg.trainable, cfg.frozen))
     params = [p for n, p in model.named_parameters() if n in names]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one kernel over all parameters per step, where the default runs about ten small
+    # ones per tensor (a fifth of the default model's CPU step went there)
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
+    )
     generator = torch.Generator().manual_seed(cfg.seed)
     ema = {
         n: p.detach().clone() for n, p in model.named_parameters() if n in names and cfg.ema_decay

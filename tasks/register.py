@@ -111,12 +111,39 @@ def exclusive(lock: Path) -> Iterator[None]:
 
 
 def register(params: dict[str, Any]) -> dict[str, Any]:
-    """Register the Stage B model, gate it, write reports/registry.json: one run at a time."""
+    """Register the Stage B model, gate it, write reports/registry.json."""
+    metrics = json.loads((REPORTS / "metrics.json").read_text())
+    return register_model(params, MODELS / "stage_b", metrics, REPORTS / "registry.json")
+
+
+def register_model(
+    params: dict[str, Any],
+    checkpoint: Path,
+    metrics: dict[str, Any],
+    record_path: Path,
+    tags: dict[str, str] | None = None,
+    measured: dict[str, dict[str, float]] | None = None,
+) -> dict[str, Any]:
+    """Register the checkpoint as a new version, gate it against the champion, write the
+    record to `record_path`: one registration at a time.
+
+    `metrics` is an evaluation (reports/metrics.json's layout: `systems`, `default_system`,
+    `protocol`); `tags` go on the version as they are (e.g. its parent); `measured` holds rows
+    of registered versions measured in the same evaluation ({version: row}): a champion among
+    them is judged on that row instead of the numbers it was registered with.
+    """
     with exclusive(REPORTS / ".register.lock"):
-        return _register(params)
+        return _register(params, checkpoint, metrics, record_path, tags or {}, measured or {})
 
 
-def _register(params: dict[str, Any]) -> dict[str, Any]:
+def _register(
+    params: dict[str, Any],
+    checkpoint: Path,
+    metrics: dict[str, Any],
+    record_path: Path,
+    tags: dict[str, str],
+    measured: dict[str, dict[str, float]],
+) -> dict[str, Any]:
     import mlflow
     from mlflow import MlflowClient
 
@@ -124,7 +151,6 @@ def _register(params: dict[str, Any]) -> dict[str, Any]:
     cfg = params["register"]
     rule = from_dict(GateConfig, cfg["gate"], "register.gate")
     name = cfg["model_name"]
-    metrics = json.loads((REPORTS / "metrics.json").read_text())
     system = metrics["default_system"]
     candidate = {k: v for k, v in metrics["systems"][system].items() if math.isfinite(v)}
     rule.check(candidate)  # before anything is registered
@@ -134,7 +160,7 @@ def _register(params: dict[str, Any]) -> dict[str, Any]:
         "sample": params["sample"],
         "conditioning": params.get("conditioning") or {},
     }
-    artifacts = {"checkpoint": str(MODELS / "stage_b")}
+    artifacts = {"checkpoint": str(checkpoint)}
     conditioning = conditioning_from(params)
     if conditioning.encoder == "clip":  # the served model carries its CLIP weights
         artifacts["clip"] = conditioning.clip_pretrained
@@ -161,12 +187,19 @@ def _register(params: dict[str, Any]) -> dict[str, Any]:
         client.set_model_version_tag(name, version, "protocol", metrics["protocol"])
         for k, v in candidate.items():
             client.set_model_version_tag(name, version, k, f"{v:.6f}")
+        for k, v in tags.items():
+            client.set_model_version_tag(name, version, k, v)
         client.set_registered_model_alias(name, "candidate", version)
         try:
             current = client.get_model_version_by_alias(name, "champion")
-            champion = {k: float(v) for k, v in current.tags.items() if k in candidate}
             champion_version = current.version
-            champion_protocol = current.tags.get("protocol", "")
+            # measured beside the candidate, on its clips (keys: version numbers as strings)
+            if str(champion_version) in measured:
+                champion = measured[str(champion_version)]
+                champion_protocol = metrics["protocol"]
+            else:
+                champion = {k: float(v) for k, v in current.tags.items() if k in candidate}
+                champion_protocol = current.tags.get("protocol", "")
         except mlflow.exceptions.MlflowException:
             champion, champion_version, champion_protocol = None, None, ""
         promote, why = gate(candidate, champion, rule, (metrics["protocol"], champion_protocol))
@@ -193,8 +226,9 @@ def _register(params: dict[str, Any]) -> dict[str, Any]:
         "protocol": metrics["protocol"],
         "metrics": candidate,
         "model_uri": f"models:/{name}@champion",
+        **({"tags": tags} if tags else {}),
     }
-    write_json(REPORTS / "registry.json", record)
+    write_json(record_path, record)
     return record
 
 

@@ -1,7 +1,7 @@
-"""DVC reruns what changed: each stage's `deps` in dvc.yaml cover exactly the project modules the
-stage runs, i.e. the import closure of its command's module (every `import` in those files,
-followed transitively, lazy ones inside functions included), so that editing a module reruns
-every stage that imports it and no other.
+"""DVC reruns what changed: each stage's `deps` in dvc.yaml and finetune/dvc.yaml cover exactly
+the project modules the stage runs, i.e. the import closure of its command's module (every
+`import` in those files, followed transitively, lazy ones inside functions included), so that
+editing a module reruns every stage that imports it and no other.
 
 The first test reads the code; the second edits modules in a scratch DVC project and asks
 `dvc status`.
@@ -23,10 +23,33 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("jointdit", "tasks", "flows")
-STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-# Code a stage runs without importing it: register logs tasks/pyfunc_model.py as the model (MLflow
-# loads it by path) with the whole jointdit package as the model's code.
-SHIPPED = {"register": ("tasks/pyfunc_model.py", "jointdit")}
+# The default graph, and the optional fine-tune kept out of a bare `dvc repro` in its own file
+DVC_FILES = ("dvc.yaml", "finetune/dvc.yaml")
+
+
+def read_stages() -> tuple[dict[str, dict], dict[str, str]]:
+    """{stage: its definition} over DVC_FILES, and {stage: the file defining it}. A stage in a
+    subdirectory must run from the repository root (wdir), where its paths are read from here."""
+    stages: dict[str, dict] = {}
+    where: dict[str, str] = {}
+    for name in DVC_FILES:
+        depth = len(Path(name).parts) - 1
+        for stage, spec in yaml.safe_load((REPO / name).read_text())["stages"].items():
+            assert stage not in stages, f"{name}: stage {stage} is also in {where.get(stage)}"
+            wdir = Path(spec.get("wdir", "."))
+            assert wdir == Path(*[".."] * depth), f"{name}: stage {stage} needs wdir: the root"
+            stages[stage], where[stage] = spec, name
+    return stages, where
+
+
+STAGES, STAGE_FILE = read_stages()
+# Code a stage runs without importing it: register (and finetune, which registers through it)
+# logs tasks/pyfunc_model.py as the model (MLflow loads it by path) with the whole jointdit
+# package as the model's code.
+SHIPPED = {
+    "register": ("tasks/pyfunc_model.py", "jointdit"),
+    "finetune": ("tasks/pyfunc_model.py", "jointdit"),
+}
 
 
 def module_file(name: str, root: Path = REPO) -> Path | None:
@@ -94,7 +117,9 @@ def project_files(root: Path = REPO) -> list[str]:
 def entry_module(stage: str) -> str:
     cmd = STAGES[stage]["cmd"]
     match = re.fullmatch(r"python -m ([\w.]+)(\s.*)?", cmd)
-    assert match, f"dvc.yaml: stage {stage}'s cmd {cmd!r} is not `python -m <module> ...`"
+    assert match, (
+        f"{STAGE_FILE[stage]}: stage {stage}'s cmd {cmd!r} is not `python -m <module> ...`"
+    )
     return match.group(1)
 
 
@@ -123,28 +148,28 @@ def code_deps(stage: str) -> list[str]:
 def test_every_stage_lists_exactly_the_modules_it_imports():
     problems = []
     for stage in STAGES:
-        uses, deps = stage_uses(stage), code_deps(stage)
+        uses, deps, at = stage_uses(stage), code_deps(stage), STAGE_FILE[stage]
         problems += [
-            f"dvc.yaml: stage {stage} lists {dep}, which does not exist"
+            f"{at}: stage {stage} lists {dep}, which does not exist"
             for dep in deps
             if not (REPO / dep).exists()
         ]
         for file, why in sorted(uses.items()):
             if not any(covers(d, file) for d in deps):
                 problems.append(
-                    f"dvc.yaml: stage {stage} imports {file} ({why}) but its deps do not cover "
-                    f"it: add `- {file}` to stages.{stage}.deps"
+                    f"{at}: stage {stage} imports {file} ({why}) but its deps do not cover it: "
+                    f"add `- {file}` to stages.{stage}.deps"
                 )
         for dep in deps:
             unused = [f for f in project_files() if covers(dep, f) and f not in uses]
             if unused == [dep]:
                 problems.append(
-                    f"dvc.yaml: stage {stage} lists {dep}, which it never imports (an edit there "
+                    f"{at}: stage {stage} lists {dep}, which it never imports (an edit there "
                     f"would rerun it for nothing): remove it from stages.{stage}.deps"
                 )
             elif unused:
                 problems.append(
-                    f"dvc.yaml: stage {stage} lists {dep}, whose {', '.join(unused)} it never "
+                    f"{at}: stage {stage} lists {dep}, whose {', '.join(unused)} it never "
                     "imports (an edit there would rerun it for nothing): list the files of "
                     f"{dep} it imports instead"
                 )
@@ -190,8 +215,9 @@ def placeholder_outputs(root: Path) -> Iterator[str]:
 def test_editing_a_module_makes_dvc_status_list_exactly_the_stages_that_import_it(tmp_path):
     for name in PACKAGES:
         shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
-        shutil.copy(REPO / name, tmp_path)
+    for name in (*DVC_FILES, "params.yaml", ".dvcignore"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, tmp_path / name)
     run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], tmp_path)
     assert list(placeholder_outputs(tmp_path))
     run([sys.executable, "-m", "dvc", "commit", "--force", "-q"], tmp_path)

@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from jointdit.model.jointdit import JointDiT, count_parameters, pool_tokens
+from jointdit.model.jointdit import JointDiT, count_parameters, dense_attention, pool_tokens
 from jointdit.model.rope import apply_rope, axis_dims, rope_angles
 from jointdit.training import set_trainable
 from tests.conftest import TINY, randomize, tiny_inputs
@@ -170,6 +170,27 @@ def test_parameter_counts_add_up():
 def test_pool_tokens_known_answer():
     x = torch.arange(5.0).view(1, 1, 5, 1)
     torch.testing.assert_close(pool_tokens(x, 2).flatten(), torch.tensor([0.5, 2.5, 4.0]))
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_dense_attention_equals_the_fused_kernel_forward_and_backward(bf16):
+    # small CPU attentions take the dense path: it must compute what the fused kernel does
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, n, 16, generator=g, requires_grad=True) for n in (24, 30, 30))
+    weights = torch.randn(2, 4, 24, 16, generator=g)
+    results = []
+    for fn in (dense_attention, torch.nn.functional.scaled_dot_product_attention):
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = fn(*(x.to(dtype) for x in (q, k, v)))
+        assert out.dtype == dtype
+        (out.float() * weights).sum().backward()
+        results.append((out.float(), *(x.grad.clone() for x in (q, k, v))))
+        for x in (q, k, v):
+            x.grad = None
+    tol = {"atol": 2e-2, "rtol": 2e-2} if bf16 else {"atol": 1e-5, "rtol": 1e-5}
+    for dense, fused, name in zip(*results, ("out", "dq", "dk", "dv"), strict=True):
+        torch.testing.assert_close(dense, fused, **tol, msg=name)
 
 
 def test_query_chunking_is_exact_and_kv_downsampling_approximates(tiny_model):

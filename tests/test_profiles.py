@@ -17,6 +17,7 @@ from jointdit.config import from_dict
 from jointdit.model.joint import BackboneModelConfig
 from jointdit.training import TrainConfig
 from tasks.encoding import codec_config, codec_from, conditioning_from
+from tasks.finetune import finetune_config
 from tasks.model_config import model_config
 from tasks.params import load_params
 from tasks.profiles import load_profile, overlay, set_params_args
@@ -73,6 +74,8 @@ def test_gpu_profile_is_the_paper_scale_pretrained_system():
         train = from_dict(TrainConfig, params[stage], stage)  # every key a TrainConfig field
         assert stage == "experts" or (train.bf16 and train.grad_checkpointing)
     assert params["experts"]["steps"] == 0  # the pretrained UNets are the experts
+    finetune = finetune_config(params)  # every key known; LoRA, at the training stages' memory
+    assert finetune.method == "lora" and finetune.train.bf16 and finetune.train.grad_checkpointing
 
 
 def test_cli_prints_the_experiment_command(capsys, monkeypatch):

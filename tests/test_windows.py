@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from av.video.reformatter import VideoReformatter
 
 from jointdit.conditioning import Conditioner, ConditioningConfig
 from jointdit.data.manifest import (
@@ -303,6 +304,18 @@ def test_fit_frame_keeps_aspect_and_crops_the_centre():
     assert out[..., 1].min() > 200 and out[..., [0, 2]].max() < 60
     wide = fit_frame(frame, 32, 8)  # 64x32 -> 32x16 -> centre 8 rows: all three bands
     np.testing.assert_array_equal(wide.argmax(axis=-1)[4], [0] * 8 + [1] * 16 + [2] * 8)
+
+
+def test_fit_frame_with_a_reused_scaler_equals_a_fresh_one():
+    # read_windows keeps one scaler per stream; a frame of another size or target must not
+    # come out through the previous frame's scaler
+    reformatter = VideoReformatter()
+    rng = np.random.default_rng(0)
+    for (h, w), (th, tw) in (((32, 64), (16, 16)), ((48, 40), (16, 16)), ((48, 40), (8, 24))):
+        frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (h, w, 3), np.uint8), "rgb24")
+        shared = fit_frame(frame, tw, th, reformatter)
+        assert shared.shape == (th, tw, 3)
+        np.testing.assert_array_equal(shared, fit_frame(frame, tw, th))
 
 
 def test_centre_crop_through_a_file(tmp_path):

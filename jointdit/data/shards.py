@@ -92,6 +92,60 @@ def write_index(out_dir: Path, index: dict) -> None:
         part.unlink()
 
 
+@dataclass(frozen=True)
+class ShardPlan:
+    """One shard to build: its file and the rows it holds, in order."""
+
+    path: Path
+    split: str
+    rows: list[dict]
+
+    @property
+    def entry(self) -> dict:
+        """The shard's entry in the index."""
+        return {"file": self.path.name, "split": self.split, "clips": len(self.rows)}
+
+
+def plan_shards(out_dir: Path, split: str, clips: Sequence[dict], shard_size: int) -> list[ShardPlan]:
+    """The rows of a split cut into `{split}-NNNN.safetensors` shards of `shard_size` rows."""
+    return [
+        ShardPlan(
+            out_dir / f"{split}-{k // shard_size:04d}.safetensors",
+            split,
+            [dict(r) for r in clips[k : k + shard_size]],
+        )
+        for k in range(0, len(clips), shard_size)
+    ]
+
+
+def build_shard(
+    plan: ShardPlan,
+    encode: Callable[[list[dict]], Iterable[dict[str, Tensor]]],
+    encoding: str = "",
+    on_clip: Callable[[], None] = lambda: None,
+) -> dict:
+    """Encode one shard's rows and write it, unless a shard holding the same rows encoded the
+    same way (`encoding`, a fingerprint of the codec and conditioning settings) is already
+    there: the cache directory outlives a change of codec, and rows alone cannot tell its
+    shards are stale. Returns its index entry.
+
+    Shards are independent of each other, so any number of processes or machines can build
+    different shards of one cache directory at once.
+    """
+    meta = shard_metadata(plan.path)
+    if meta is None or meta.get("encoding", "") != encoding or _clips(meta) != plan.rows:
+        items = []
+        for _, item in zip(plan.rows, encode(plan.rows), strict=True):
+            items.append(item)
+            on_clip()
+        stacked = {key: torch.stack([it[key] for it in items]) for key in items[0]}
+        write_shard(plan.path, stacked, plan.rows, encoding)
+    else:
+        for _ in plan.rows:
+            on_clip()
+    return plan.entry
+
+
 def build_shards(
     out_dir: Path,
     split: str,
@@ -101,32 +155,17 @@ def build_shards(
     on_clip: Callable[[], None] = lambda: None,
     encoding: str = "",
 ) -> list[dict]:
-    """Encode rows into `{split}-NNNN.safetensors` shards; reuse shards that already match.
+    """Encode rows into `{split}-NNNN.safetensors` shards, one after another; reuse shards that
+    already match (`build_shard`). Returns the index entries of the shards.
 
-    Returns the index entries of the shards. `encode(rows)` yields each row's tensors in order:
-    it gets a shard's rows at once so that it can decode the windows of one file in one pass.
-    A shard is reused only when it holds the same rows encoded the same way (`encoding`, a
-    fingerprint of the codec and conditioning settings): the cache directory outlives a
-    change of codec, and rows alone cannot tell its shards are stale.
+    `encode(rows)` yields each row's tensors in order: it gets a shard's rows at once so that
+    it can decode the windows of one file in one pass.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for k in range(0, len(clips), shard_size):
-        rows = [dict(r) for r in clips[k : k + shard_size]]
-        path = out_dir / f"{split}-{k // shard_size:04d}.safetensors"
-        meta = shard_metadata(path)
-        if meta is None or meta.get("encoding", "") != encoding or _clips(meta) != rows:
-            items = []
-            for _, item in zip(rows, encode(rows), strict=True):
-                items.append(item)
-                on_clip()
-            stacked = {key: torch.stack([it[key] for it in items]) for key in items[0]}
-            write_shard(path, stacked, rows, encoding)
-        else:
-            for _ in rows:
-                on_clip()
-        entries.append({"file": path.name, "split": split, "clips": len(rows)})
-    return entries
+    return [
+        build_shard(plan, encode, encoding, on_clip)
+        for plan in plan_shards(out_dir, split, clips, shard_size)
+    ]
 
 
 def load_split(cache_dir: Path, split: str) -> LatentSet:

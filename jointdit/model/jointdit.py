@@ -272,11 +272,32 @@ def pool_tokens(x: Tensor, factor: int) -> Tensor:
     return sums / counts.unflatten(0, (-1, factor)).sum(1)[:, None].to(x.dtype)
 
 
+# Up to this many scores per head, attention on a CPU runs as two matmuls around a softmax
+# (`dense_attention`): at the default model's 288 x 300 its forward + backward in bf16 took a
+# quarter of the fused CPU kernel's time, whose backward walks small blocks one at a time.
+# Beyond it, the fused kernel's memory saving matters more (benchmarks/attention.py).
+DENSE_SCORES_MAX = 1 << 18
+
+
+def dense_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """softmax(q k^T / sqrt(d)) v with the N x M scores materialised.
+
+    Scores and softmax are float32 whatever the inputs (under bf16 autocast too), and the
+    weights are rounded to v's dtype for the weighted sum: the precision of the fused kernels.
+    """
+    with torch.autocast(q.device.type, enabled=False):
+        scores = (q.float() * q.shape[-1] ** -0.5) @ k.float().transpose(-2, -1)
+        return scores.softmax(-1).to(v.dtype) @ v
+
+
 def attend(q: Tensor, k: Tensor, v: Tensor, query_chunk: int = 0, kv_downsample: int = 1) -> Tensor:
     """scaled_dot_product_attention (fused kernels, no N x N score tensor where the backend
-    has one), with the two memory knobs of JointDiTConfig."""
+    has one), with the two memory knobs of JointDiTConfig; small attentions on a CPU are
+    `dense_attention` (faster there, the same function)."""
     if kv_downsample > 1:
         k, v = pool_tokens(k, kv_downsample), pool_tokens(v, kv_downsample)
+    if q.device.type == "cpu" and q.shape[2] * k.shape[2] <= DENSE_SCORES_MAX:
+        return dense_attention(q, k, v)
     if query_chunk <= 0 or q.shape[2] <= query_chunk:
         return F.scaled_dot_product_attention(q, k, v)
     chunks = [F.scaled_dot_product_attention(c, k, v) for c in q.split(query_chunk, dim=2)]
@@ -326,7 +347,7 @@ class JointLayer(nn.Module):
 
     `iso` (B,) marks samples whose modalities attend only to themselves (+ context): those run
     as separate per-modality attentions, never as a dense mask, so every call stays on the
-    fused scaled_dot_product_attention kernels.
+    attention kernels (`attend`). A plain bool says the same of the whole batch.
 
     `dim` is the attention width. The token widths (video_dim, audio_dim), the widths of the
     conditioning vectors (video_cond, audio_cond) and of the context tokens (context_dim)
@@ -374,7 +395,7 @@ class JointLayer(nn.Module):
         angles_v: Tensor,
         angles_a: Tensor,
         context: Tensor | None,
-        iso: Tensor,
+        iso: Tensor | bool,
     ) -> tuple[Tensor, Tensor]:
         mv = self.video_modulation(grouped(cv)).chunk(6, dim=-1)
         ma = self.audio_modulation(grouped(ca)).chunk(6, dim=-1)
@@ -391,27 +412,47 @@ class JointLayer(nn.Module):
         else:
             kc, vc = split_heads(self.context_kv(context), 2, self.heads)
 
-        out_v, out_a = torch.empty_like(qv), torch.empty_like(qa)
-        joint = ~iso
-        if joint.any():
-            idx = joint.nonzero().squeeze(1)
-            q = torch.cat((qv[idx], qa[idx]), dim=2)
-            k = torch.cat((kv[idx], ka[idx], kc[idx]), dim=2)
-            v = torch.cat((vv[idx], va[idx], vc[idx]), dim=2)
-            o = attend(q, k, v, *self.knobs)
-            out_v[idx], out_a[idx] = o[:, :, : qv.shape[2]], o[:, :, qv.shape[2] :]
-        if iso.any():
-            idx = iso.nonzero().squeeze(1)
-            kvc, vvc = torch.cat((kv[idx], kc[idx]), 2), torch.cat((vv[idx], vc[idx]), 2)
-            kac, vac = torch.cat((ka[idx], kc[idx]), 2), torch.cat((va[idx], vc[idx]), 2)
-            out_v[idx] = attend(qv[idx], kvc, vvc, *self.knobs)
-            out_a[idx] = attend(qa[idx], kac, vac, *self.knobs)
+        if isinstance(iso, bool) or iso.all() or not iso.any():
+            # one kind of attention for the whole batch: no gathering and scattering of samples
+            isolated = iso if isinstance(iso, bool) else bool(iso[0])
+            out_v, out_a = self._attend(qv, kv, vv, qa, ka, va, kc, vc, isolated)
+        else:
+            out_v, out_a = torch.empty_like(qv), torch.empty_like(qa)
+            for isolated, idx in ((False, (~iso).nonzero()[:, 0]), (True, iso.nonzero()[:, 0])):
+                out_v[idx], out_a[idx] = self._attend(
+                    *(x[idx] for x in (qv, kv, vv, qa, ka, va, kc, vc)), isolated
+                )
 
         xv = xv + gate(self.video_out(merge_heads(out_v)), mv[2])
         xa = xa + gate(self.audio_out(merge_heads(out_a)), ma[2])
         xv = xv + gate(self.video_ff(modulate(self.video_norm2(xv), mv[3], mv[4])), mv[5])
         xa = xa + gate(self.audio_ff(modulate(self.audio_norm2(xa), ma[3], ma[4])), ma[5])
         return xv, xa
+
+    def _attend(
+        self,
+        qv: Tensor,
+        kv: Tensor,
+        vv: Tensor,
+        qa: Tensor,
+        ka: Tensor,
+        va: Tensor,
+        kc: Tensor,
+        vc: Tensor,
+        isolated: bool,
+    ) -> tuple[Tensor, Tensor]:
+        """(video, audio) attention outputs: over [video; audio; context] keys, or each
+        modality over its own and the context's when isolated."""
+        if isolated:
+            return (
+                attend(qv, torch.cat((kv, kc), 2), torch.cat((vv, vc), 2), *self.knobs),
+                attend(qa, torch.cat((ka, kc), 2), torch.cat((va, vc), 2), *self.knobs),
+            )
+        q = torch.cat((qv, qa), dim=2)
+        k = torch.cat((kv, ka, kc), dim=2)
+        v = torch.cat((vv, va, vc), dim=2)
+        out = attend(q, k, v, *self.knobs)
+        return out[:, :, : qv.shape[2]], out[:, :, qv.shape[2] :]
 
 
 class JointBlock(nn.Module):
@@ -556,7 +597,7 @@ class JointDiT(nn.Module):
         s.audio = block.audio_expert(s.audio, s.ca, s.angles_a, s.context)
         return s
 
-    def forward_joint(self, i: int, s: Tokens, iso: Tensor) -> Tokens:
+    def forward_joint(self, i: int, s: Tokens, iso: Tensor | bool) -> Tokens:
         s.video, s.audio = self.blocks[i].joint(
             s.video, s.audio, s.cv, s.ca, s.angles_v, s.angles_a, s.context, iso
         )
@@ -568,7 +609,13 @@ class JointDiT(nn.Module):
         return self.video_refine(v), a
 
     def _block(
-        self, i: int, s: Tokens, iso: Tensor, experts_only: bool, video: Tensor, audio: Tensor
+        self,
+        i: int,
+        s: Tokens,
+        iso: Tensor | bool,
+        experts_only: bool,
+        video: Tensor,
+        audio: Tensor,
     ) -> tuple[Tensor, Tensor]:
         """Block i on (video, audio) tokens: the expert, then (unless experts_only) the joint."""
         s = replace(s, video=video, audio=audio)
@@ -595,8 +642,6 @@ class JointDiT(nn.Module):
         mask) isolates the modalities in the joint attention; experts_only skips the joint
         layers altogether (the no-joint baseline).
         """
-        if isinstance(iso, bool):
-            iso = torch.full((video.shape[0],), iso, dtype=torch.bool, device=video.device)
         s = self.forward_input(video, audio, t_video, t_audio, image, text, image_embedding)
         for i in range(len(self.blocks)):
             args = (i, s, iso, experts_only, s.video, s.audio)
