@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from jointdit.checkpoint import load_checkpoint
 from jointdit.config import from_dict
-from jointdit.data.media import probe
+from jointdit.data.media import display_scale, probe
 from tasks.register import GateConfig, gate
 from tests.test_pipeline_e2e import REPO, TINY_CLIP, run, tiny_params
 
@@ -159,4 +159,5 @@ def test_the_registered_fine_tune_serves_through_the_sample_flow(
     )
     info = probe(Path(paths["video"]))
     assert info.has_audio and info.fps == TINY_CLIP["fps"]
-    assert (info.width, info.height) == (TINY_CLIP["width"], TINY_CLIP["height"])
+    scale = display_scale(TINY_CLIP["height"], TINY_CLIP["width"])
+    assert (info.width, info.height) == (TINY_CLIP["width"] * scale, TINY_CLIP["height"] * scale)
