@@ -296,7 +296,10 @@ def test_local_stores_need_no_server(tmp_path, monkeypatch, restore_tracking_uri
     monkeypatch.chdir(tmp_path)
     check_tracking_server("file:///nowhere/mlruns")
     check_tracking_server("databricks")  # not http(s): MLflow's own client handles it
-    params = {"mlflow": {"tracking_uri": "sqlite:///mlflow.db", "experiment": "x"}}
+    # absolute: MLflow caches a store per URI, so a relative one would reach the database of
+    # an earlier test that used the same URI from another directory
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    params = {"mlflow": {"tracking_uri": uri, "experiment": "x"}}
     with mlflow_run(params, "stage", {"a": {"b": 1}}) as run:
         assert run.info.run_id
     assert (tmp_path / "mlflow.db").is_file()
