@@ -195,7 +195,10 @@ def test_the_ui_lists_the_deployments_and_runs_the_sample_from_its_form(deployed
             field("prompt").first.fill("a red ball, from the UI")
             page.screenshot(path=ARTIFACTS / "run-form.png", full_page=True)
             page.get_by_role("button", name="Submit").click()
-            page.get_by_role("link", name=name).first.click()
+            # the run's link: in the toast, or in the deployment's list once the worker has
+            # taken the run out of Scheduled (the list hides scheduled runs); a busy worker
+            # polls late
+            page.get_by_role("link", name=name).first.click(timeout=180_000)
             page.wait_for_url(re.compile(r".*/runs/flow-run/[0-9a-f-]{36}"))
             completed = page.locator(".state-badge.state--completed").first
             expect(completed).to_be_visible(timeout=900_000)
