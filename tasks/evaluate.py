@@ -79,8 +79,10 @@ HEADLINE = (
 METRIC_DEFINITIONS = 2
 
 
-def load_embedders(cfg: dict[str, str], frames: int, duration_s: float) -> Embedders:
-    """The pretrained networks whose weights params name; empty paths leave them out."""
+def load_embedders(cfg: dict[str, str], clip: dict[str, Any]) -> Embedders:
+    """The pretrained networks whose weights params name (`evaluate.embedders`); empty paths
+    leave them out. `clip` (params' section) must be long enough for the metrics named."""
+    frames, duration_s = round(clip["duration_s"] * clip["fps"]), clip["duration_s"]
     if cfg["i3d"] and frames < NUM_FRAMES:
         raise ValueError(
             f"evaluate.embedders.i3d: FVD is defined on {NUM_FRAMES}-frame clips, and "
@@ -180,9 +182,7 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
     clip, ev = params["clip"], params["evaluate"]
     timer = Timer()
     with timer("load_embedders"):  # first: a wrong weights file fails before any work
-        embedders = load_embedders(
-            ev["embedders"], round(clip["duration_s"] * clip["fps"]), clip["duration_s"]
-        )
+        embedders = load_embedders(ev["embedders"], clip)
     codec = codec_from(params)
     flow = from_dict(FlowConfig, params["flow"], "flow")
     val = load_split(CACHE, "val")

@@ -225,9 +225,7 @@ def compare(params: dict[str, Any], models: dict[str, Model]) -> dict[str, Any]:
     clip i from seed evaluate.seed + i, as `evaluate` does), `real` as the floor, and each
     model's validation loss; the first model's row is the default system."""
     clip, ev = params["clip"], params["evaluate"]
-    embedders = load_embedders(
-        ev["embedders"], round(clip["duration_s"] * clip["fps"]), clip["duration_s"]
-    )
+    embedders = load_embedders(ev["embedders"], clip)
     codec = codec_from(params)
     flow = from_dict(FlowConfig, params["flow"], "flow")
     val = load_split(CACHE, "val")

@@ -217,6 +217,7 @@ def test_evaluate_refuses_synchformer_weights_for_clips_shorter_than_a_window():
     from tasks.evaluate import load_embedders
 
     embedders = {"vggish": "", "i3d": "", "clip_model": "", "clip_pretrained": ""}
+    two_s_clip = {"duration_s": 2.0, "fps": 8.0}  # 16 frames
     with pytest.raises(ValueError, match=r"synchformer: DeSync is defined on 4\.8-s windows.*2-s"):
-        load_embedders({**embedders, "synchformer": "weights.pth"}, 16, 2.0)
-    assert load_embedders({**embedders, "synchformer": ""}, 16, 2.0).synchformer is None
+        load_embedders({**embedders, "synchformer": "weights.pth"}, two_s_clip)
+    assert load_embedders({**embedders, "synchformer": ""}, two_s_clip).synchformer is None
