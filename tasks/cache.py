@@ -4,6 +4,11 @@ A clip gives windows of `clip.duration_s` seconds every `clip.hop_s` seconds, at
 `clip.max_windows_per_clip` (`jointdit.data.windows`); a clip shorter than one window is
 listed in `data/cache/rejected.csv` with code `too_short`. `data/cache/windows.csv` is the
 window table the shards hold (`WindowManifest`), checked before any shard is written.
+
+Shards are independent, so `cache.workers` / `cache.scheduler` hand their encoding to Dask
+worker processes on this machine or others (infra/dask.md); this process alone writes them
+(temporary name, then rename) and the index, so a killed run resumes either way and the shards
+are the same bit for bit as a run in one process.
 """
 
 from __future__ import annotations
@@ -11,7 +16,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -20,6 +28,7 @@ from tqdm.auto import tqdm
 
 from jointdit.codecs import Codec
 from jointdit.conditioning import Conditioner
+from jointdit.config import from_dict
 from jointdit.data.manifest import (
     RejectedManifest,
     ValidatedManifest,
@@ -28,9 +37,17 @@ from jointdit.data.manifest import (
     rejected_frame,
     write_manifest,
 )
-from jointdit.data.shards import build_shards, write_index
+from jointdit.data.shards import (
+    ShardPlan,
+    build_shard,
+    encode_shard,
+    plan_shards,
+    shard_is_current,
+    write_index,
+    write_shard,
+)
 from jointdit.data.windows import plan_windows
-from tasks.encoding import codec_from, conditioning_from, read_normalised
+from tasks.encoding import codec_config, codec_from, conditioning_from, read_normalised
 from tasks.logs import get_logger
 from tasks.params import cli
 from tasks.paths import CACHE, RAW, VALIDATED
@@ -86,8 +103,99 @@ def encode_windows(
             }
 
 
+def window_encoder(params: dict[str, Any]) -> Callable[[list[dict]], Iterator[dict]]:
+    """encode_windows with the codec and conditioner that params describe."""
+    codec = codec_from(params)
+    model = params["model"]
+    conditioner = Conditioner(conditioning_from(params), model["text_len"], model["text_vocab"])
+    return lambda rows: encode_windows(rows, params, codec, conditioner)
+
+
+def encode_on_worker(shard: ShardPlan, params: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """One shard's tensors, on a Dask worker: the encoder is built there (models are not
+    shipped over the wire), once per shard, which a few hundred windows amortise."""
+    return encode_shard(shard, window_encoder(params))
+
+
+@dataclass(frozen=True)
+class CacheRun:
+    """Where shards are encoded (params `cache`): here when `workers` is 0 and `scheduler` is
+    empty; else on Dask, a local cluster of `workers` single-threaded processes, or the
+    cluster whose scheduler listens at `scheduler` (tcp://host:8786)."""
+
+    workers: int = 0
+    scheduler: str = ""
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError(f"cache.workers: {self.workers} is negative")
+        if self.workers and self.scheduler:
+            raise ValueError("cache: set workers (a local cluster) or scheduler, not both")
+
+    @property
+    def distributed(self) -> bool:
+        return bool(self.workers or self.scheduler)
+
+
+@contextmanager
+def dask_client(run: CacheRun) -> Iterator[Any]:
+    """A Dask client of the cluster `run` names (imported here: a run in one process, the
+    default, does not pay for Dask)."""
+    from distributed import Client, LocalCluster
+
+    # the scheduler's and nannies' INFO lines (workers joining and leaving) would bury the
+    # stage's own log; their warnings and errors still show
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    if run.scheduler:
+        with Client(run.scheduler) as client:
+            yield client
+        return
+    # One thread per worker: encoding holds the GIL in Python code between PyAV and torch
+    # calls, so processes, not threads, use the cores.
+    with (
+        LocalCluster(
+            n_workers=run.workers, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def build_distributed(
+    shards: list[ShardPlan],
+    params: dict[str, Any],
+    encoding: str,
+    run: CacheRun,
+    on_clips: Callable[[int], None],
+) -> None:
+    """Encode the shards that are not current on Dask; write each shard here as it arrives."""
+    from distributed import as_completed
+
+    todo = []
+    for shard in shards:
+        if shard_is_current(shard, encoding):
+            on_clips(len(shard.rows))
+        else:
+            todo.append(shard)
+    if not todo:
+        return
+    with dask_client(run) as client:
+        get_logger().info(
+            "cache: %d shards to %d Dask workers (scheduler %s)",
+            len(todo),
+            len(client.scheduler_info()["workers"]),
+            client.scheduler.address,
+        )
+        futures = client.map(encode_on_worker, todo, params=params, pure=False)
+        shard_of = {future.key: shard for future, shard in zip(futures, todo, strict=True)}
+        for future, tensors in as_completed(futures, with_results=True):
+            shard = shard_of[future.key]
+            write_shard(shard.path, tensors, shard.rows, encoding)
+            on_clips(len(shard.rows))
+
+
 def encoding_key(params: dict[str, Any]) -> str:
-    """A fingerprint of every setting that shapes a window's tensors (see build_shards)."""
+    """A fingerprint of every setting that shapes a window's tensors (see shard_is_current)."""
     spec = {
         "clip": params["clip"],
         "codec": {k: v for k, v in params["codec"].items() if k != "shard_size"},
@@ -111,30 +219,30 @@ def cache(params: dict[str, Any]) -> dict[str, Any]:
     write_manifest(pd.DataFrame(windows), CACHE / "windows.csv", WindowManifest)
     write_manifest(rejected_frame(rejected), CACHE / "rejected.csv", RejectedManifest)
 
-    codec = codec_from(params)
-    model = params["model"]
-    conditioner = Conditioner(conditioning_from(params), model["text_len"], model["text_vocab"])
+    run = from_dict(CacheRun, params.get("cache"), "cache")
     encoding = encoding_key(params)
-    entries = []
+    shards = [
+        shard
+        for split in ("train", "val")
+        for shard in plan_shards(
+            CACHE, split, [w for w in windows if w["split"] == split], params["codec"]["shard_size"]
+        )
+    ]
     with tqdm(total=len(windows), desc="cache", dynamic_ncols=True) as bar:
-        for split in ("train", "val"):
-            entries += build_shards(
-                CACHE,
-                split,
-                [w for w in windows if w["split"] == split],
-                lambda rows: encode_windows(rows, params, codec, conditioner),
-                params["codec"]["shard_size"],
-                on_clip=lambda: bar.update(1),
-                encoding=encoding,
-            )
+        if run.distributed:
+            build_distributed(shards, params, encoding, run, bar.update)
+        else:
+            encode = window_encoder(params)
+            for shard in shards:
+                build_shard(shard, encode, encoding, on_clip=lambda: bar.update(1))
     index = {
-        "codec": codec.name,
-        "conditioning": conditioner.cfg.encoder,
+        "codec": codec_config(params).name,
+        "conditioning": conditioning_from(params).encoder,
         "encoding": encoding,
         "clip": params["clip"],
         "clips": len(manifest) - len(rejected),
         "windows": len(windows),
-        "shards": entries,
+        "shards": [shard.entry for shard in shards],
     }
     write_index(CACHE, index)
     log.info(
@@ -142,7 +250,7 @@ def cache(params: dict[str, Any]) -> dict[str, Any]:
         len(windows),
         index["clips"],
         len(rejected),
-        len(entries),
+        len(shards),
         CACHE,
     )
     return index

@@ -5,10 +5,19 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from jointdit.checkpoint import load_checkpoint, save_checkpoint
 from jointdit.config import from_dict
-from jointdit.data.shards import INDEX, build_shards, load_split, write_index
+from jointdit.data.shards import (
+    INDEX,
+    ShardPlan,
+    build_shards,
+    load_split,
+    shard_is_current,
+    write_index,
+    write_shard,
+)
 from jointdit.model.jointdit import JointDiT, JointDiTConfig
 from jointdit.training import TrainConfig
 from tests.conftest import TINY, randomize, tiny_inputs
@@ -104,3 +113,19 @@ def test_from_dict_builds_and_rejects_unknown_keys():
     with pytest.raises(ValueError, match=r"stage_a: unknown keys \['stpes'\]"):
         from_dict(TrainConfig, {"stpes": 3}, "stage_a")
     assert from_dict(JointDiTConfig, dataclasses.asdict(TINY)) == TINY
+
+
+def test_equal_shards_are_equal_bytes(tmp_path):
+    # DVC hashes the cache file by file: an equal shard written again must not look changed
+    rows = [{"path": "a.mp4", "window": 0}]
+    for k in range(8):
+        write_shard(tmp_path / f"{k}.safetensors", {"x": torch.arange(3.0)}, rows, "e")
+    assert len({p.read_bytes() for p in tmp_path.iterdir()}) == 1
+
+
+def test_a_shard_in_the_earlier_two_key_format_is_still_current(tmp_path):
+    shard = ShardPlan(tmp_path / "train-0000.safetensors", "train", [{"path": "a.mp4"}])
+    meta = {"clips": json.dumps(shard.rows), "encoding": "e"}
+    save_file({"x": torch.zeros(1)}, str(shard.path), meta)
+    assert shard_is_current(shard, "e")
+    assert not shard_is_current(shard, "f")

@@ -17,6 +17,7 @@ import torch
 from av.video.reformatter import VideoReformatter
 
 from jointdit.conditioning import Conditioner, ConditioningConfig
+from jointdit.config import from_dict
 from jointdit.data.manifest import (
     ManifestError,
     ValidatedManifest,
@@ -550,6 +551,47 @@ def test_cache_stage_writes_windows_and_rejects_short_clips(tmp_path, monkeypatc
     assert [c["start_s"] for c in val.clips] == [0.0, 1.0]
     # the image condition is the window's first frame
     torch.testing.assert_close(val.batch.image, val.batch.video[:, 0])
+
+
+def cache_files(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((root / "data/cache").iterdir())}
+
+
+def test_cache_on_a_dask_cluster_equals_one_process_bit_for_bit(tmp_path, monkeypatch):
+    params = load_params(Path(__file__).resolve().parent.parent / "params.yaml")
+    params["clip"].update(duration_s=2.0, hop_s=1.0, max_windows_per_clip=3, width=16, height=16)
+    params["codec"]["shard_size"] = 2
+    rows = make_raw(tmp_path, [4.0, 3.0, 4.0, 2.0])
+    rows[3]["split"] = "val"
+    write_manifest(pd.DataFrame(rows), tmp_path / "data/validated/manifest.csv", ValidatedManifest)
+    monkeypatch.chdir(tmp_path)
+    single = cache_task.cache({**params, "cache": {"workers": 0}})
+    expected = cache_files(tmp_path)
+    assert len(single["shards"]) == 5  # 8 train windows in 4 shards, 1 val window
+
+    for shard in (tmp_path / "data/cache").glob("*.safetensors"):
+        shard.unlink()
+    distributed = cache_task.cache({**params, "cache": {"workers": 2}})
+    assert distributed == single
+    assert cache_files(tmp_path) == expected
+
+    # a killed run resumes: only the missing shard is encoded again, on the cluster
+    (tmp_path / "data/cache/train-0002.safetensors").unlink()
+    kept = tmp_path / "data/cache/train-0001.safetensors"
+    written = kept.stat().st_mtime_ns
+    cache_task.cache({**params, "cache": {"workers": 2}})
+    assert cache_files(tmp_path) == expected
+    assert kept.stat().st_mtime_ns == written
+
+
+@pytest.mark.parametrize(
+    ("run", "problem"),
+    [({"workers": -1}, "negative"), ({"workers": 2, "scheduler": "tcp://x:1"}, "not both"),
+     ({"threads": 2}, "unknown keys")],
+)  # fmt: skip
+def test_cache_run_settings_are_checked(run, problem):
+    with pytest.raises(ValueError, match=problem):
+        from_dict(cache_task.CacheRun, run, "cache")
 
 
 def test_a_shard_killed_while_written_leaves_nothing(tmp_path, monkeypatch):

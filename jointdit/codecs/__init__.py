@@ -70,12 +70,19 @@ class CodecConfig:
     hifigan: HiFiGANCodecConfig = field(default_factory=HiFiGANCodecConfig)
 
 
+    @property
+    def name(self) -> str:
+        """The pair's name, as the cache index and checkpoints record it: "patch",
+        "svd+audioldm2"."""
+        return self.video if self.video == self.audio else f"{self.video}+{self.audio}"
+
+
 class CodecPair:
     """A video codec and an audio codec as one `Codec`."""
 
     def __init__(self, video: VideoCodec, audio: AudioCodec):
         self.video, self.audio = video, audio
-        self.name = video.name if video.name == audio.name else f"{video.name}+{audio.name}"
+        self.name = CodecConfig(video.name, audio.name).name
         self.audio_decoder = audio.audio_decoder
 
     @property

@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -23,6 +24,7 @@ from jointdit.data.media import atomic_path
 from jointdit.flow import Batch
 
 INDEX = "index.json"
+SHARD_KEY = "shard"  # the safetensors metadata key of a shard's rows and encoding
 
 
 @dataclass
@@ -33,8 +35,9 @@ class LatentSet:
     clips: list[dict]
 
 
-def shard_metadata(path: Path) -> dict[str, str] | None:
-    """A complete shard's metadata; None when it is missing, truncated or corrupt.
+def shard_metadata(path: Path) -> dict[str, Any] | None:
+    """A complete shard's metadata, {"clips": [row, ...], "encoding": str}; None when it is
+    missing, truncated or corrupt.
 
     Reads the safetensors header only: 8 bytes of header length, a JSON header whose tensor
     offsets say how long the file must be.
@@ -48,30 +51,36 @@ def shard_metadata(path: Path) -> dict[str, str] | None:
         )
         if path.stat().st_size != 8 + n + end:
             return None
-        return dict(header["__metadata__"])
+        return _parse(header["__metadata__"])
     except (OSError, KeyError, ValueError, TypeError):
         return None
 
 
+def _parse(meta: dict[str, str]) -> dict[str, Any]:
+    if SHARD_KEY in meta:
+        return json.loads(meta[SHARD_KEY])
+    # written before SHARD_KEY: still current, so existing caches are not encoded again
+    return {"clips": json.loads(meta["clips"]), "encoding": meta.get("encoding", "")}
+
+
 def shard_clips(path: Path) -> list[dict] | None:
     """The clip list a complete shard holds; None when it is missing, truncated or corrupt."""
-    return _clips(shard_metadata(path))
-
-
-def _clips(meta: dict[str, str] | None) -> list[dict] | None:
-    try:
-        return None if meta is None else json.loads(meta["clips"])
-    except (KeyError, ValueError):
-        return None
+    meta = shard_metadata(path)
+    return None if meta is None else meta["clips"]
 
 
 def write_shard(
     path: Path, tensors: dict[str, Tensor], clips: list[dict], encoding: str = ""
 ) -> None:
-    """Atomically, synced before the rename: a crash leaves the old file or none, and no temp."""
+    """Atomically, synced before the rename: a crash leaves the old file or none, and no temp.
+
+    Equal shards are equal byte for byte, so DVC sees an unchanged cache: safetensors writes
+    its metadata map in an arbitrary key order, hence one key.
+    """
     with atomic_path(path) as tmp:
         tensors = {k: v.contiguous() for k, v in tensors.items()}
-        save_file(tensors, str(tmp), {"clips": json.dumps(clips), "encoding": encoding})
+        meta = json.dumps({"clips": clips, "encoding": encoding})
+        save_file(tensors, str(tmp), {SHARD_KEY: meta})
 
 
 def write_index(out_dir: Path, index: dict) -> None:
@@ -106,7 +115,9 @@ class ShardPlan:
         return {"file": self.path.name, "split": self.split, "clips": len(self.rows)}
 
 
-def plan_shards(out_dir: Path, split: str, clips: Sequence[dict], shard_size: int) -> list[ShardPlan]:
+def plan_shards(
+    out_dir: Path, split: str, clips: Sequence[dict], shard_size: int
+) -> list[ShardPlan]:
     """The rows of a split cut into `{split}-NNNN.safetensors` shards of `shard_size` rows."""
     return [
         ShardPlan(
@@ -118,31 +129,44 @@ def plan_shards(out_dir: Path, split: str, clips: Sequence[dict], shard_size: in
     ]
 
 
+def shard_is_current(plan: ShardPlan, encoding: str = "") -> bool:
+    """Whether a complete shard holding the plan's rows, encoded the same way (`encoding`, a
+    fingerprint of the codec and conditioning settings), is already there: the cache directory
+    outlives a change of codec, and rows alone cannot tell its shards are stale."""
+    meta = shard_metadata(plan.path)
+    return meta is not None and meta["encoding"] == encoding and meta["clips"] == plan.rows
+
+
+def encode_shard(
+    plan: ShardPlan,
+    encode: Callable[[list[dict]], Iterable[dict[str, Tensor]]],
+    on_clip: Callable[[], None] = lambda: None,
+) -> dict[str, Tensor]:
+    """The plan's rows encoded and stacked: the tensors of its shard file.
+
+    A pure function of the rows and the encoder, so any process or machine can compute any
+    shard; only writing it (`write_shard`) touches the cache directory.
+    """
+    items = []
+    for _, item in zip(plan.rows, encode(plan.rows), strict=True):
+        items.append(item)
+        on_clip()
+    return {key: torch.stack([it[key] for it in items]) for key in items[0]}
+
+
 def build_shard(
     plan: ShardPlan,
     encode: Callable[[list[dict]], Iterable[dict[str, Tensor]]],
     encoding: str = "",
     on_clip: Callable[[], None] = lambda: None,
 ) -> dict:
-    """Encode one shard's rows and write it, unless a shard holding the same rows encoded the
-    same way (`encoding`, a fingerprint of the codec and conditioning settings) is already
-    there: the cache directory outlives a change of codec, and rows alone cannot tell its
-    shards are stale. Returns its index entry.
-
-    Shards are independent of each other, so any number of processes or machines can build
-    different shards of one cache directory at once.
-    """
-    meta = shard_metadata(plan.path)
-    if meta is None or meta.get("encoding", "") != encoding or _clips(meta) != plan.rows:
-        items = []
-        for _, item in zip(plan.rows, encode(plan.rows), strict=True):
-            items.append(item)
-            on_clip()
-        stacked = {key: torch.stack([it[key] for it in items]) for key in items[0]}
-        write_shard(plan.path, stacked, plan.rows, encoding)
-    else:
+    """Encode one shard's rows and write it, unless it is current (`shard_is_current`).
+    Returns its index entry."""
+    if shard_is_current(plan, encoding):
         for _ in plan.rows:
             on_clip()
+    else:
+        write_shard(plan.path, encode_shard(plan, encode, on_clip), plan.rows, encoding)
     return plan.entry
 
 
@@ -180,7 +204,7 @@ def load_split(cache_dir: Path, split: str) -> LatentSet:
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                 tensors.setdefault(key, []).append(f.get_tensor(key))
-            clips += json.loads(f.metadata()["clips"])
+            clips += _parse(f.metadata())["clips"]
     if not clips:
         raise ValueError(f"{cache_dir / INDEX}: no clips in split {split!r}")
     cat = {k: torch.cat(v) for k, v in tensors.items()}
