@@ -13,13 +13,13 @@ checksums (no `sha256` key; models registered then) still load.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import save_file
 
+from jointdit.atomic import atomic_path, write_text
 from jointdit.config import from_dict
 from jointdit.data.manifest import sealed_digest, sha256_file
 from jointdit.model.jointdit import JointDiT, JointDiTConfig
@@ -74,14 +74,11 @@ def save_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     config = _config(model, meta)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    tmp = directory / (WEIGHTS + ".tmp")
-    save_file(state, str(tmp))
-    config["sha256"] = {"weights": sha256_file(tmp)}
+    with atomic_path(directory / WEIGHTS) as tmp:
+        save_file(state, str(tmp))
+        config["sha256"] = {"weights": sha256_file(tmp)}
     config["sha256"]["config"] = sealed_digest(config, "config")
-    os.replace(tmp, directory / WEIGHTS)
-    tmp = directory / (CONFIG + ".tmp")
-    tmp.write_text(json.dumps(config, indent=2))
-    os.replace(tmp, directory / CONFIG)
+    write_text(directory / CONFIG, json.dumps(config, indent=2))
 
 
 def _unet(config: dict, where: str, dtype: torch.dtype) -> ModelMixin:

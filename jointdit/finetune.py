@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from torch import nn
+
+from jointdit.atomic import atomic_path, write_text
 
 ADAPTER = "default"  # peft's adapter name: one adapter per model here
 # the trainable patterns (jointdit.training) of an adapted model: its adapters, nothing else
@@ -106,9 +107,8 @@ def save_adapters(directory: Path, model: nn.Module, cfg: AdapterConfig, meta: d
 
     directory.mkdir(parents=True, exist_ok=True)
     state = get_peft_model_state_dict(model, adapter_name=ADAPTER)
-    tmp = directory / (WEIGHTS + ".tmp")
-    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp))
-    os.replace(tmp, directory / WEIGHTS)
+    with atomic_path(directory / WEIGHTS) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp))
     config = {
         "peft_type": "LORA",
         "r": cfg.rank,
@@ -118,9 +118,7 @@ def save_adapters(directory: Path, model: nn.Module, cfg: AdapterConfig, meta: d
         "patterns": list(cfg.targets),
         "meta": meta,
     }
-    tmp = directory / (CONFIG + ".tmp")
-    tmp.write_text(json.dumps(config, indent=2))
-    os.replace(tmp, directory / CONFIG)
+    write_text(directory / CONFIG, json.dumps(config, indent=2))
 
 
 def load_adapters(directory: Path, model: nn.Module) -> AdapterConfig:

@@ -27,8 +27,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from jointdit.atomic import atomic_path
 from jointdit.data.manifest import sealed_digest, sha256_file
-from jointdit.data.media import atomic_path
 
 log = logging.getLogger(__name__)
 

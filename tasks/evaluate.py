@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from jointdit.atomic import atomic_path
 from jointdit.checkpoint import load_checkpoint
 from jointdit.codecs import Codec
 from jointdit.config import from_dict
@@ -304,8 +305,9 @@ def claims(
     metric = ev["claim_metric"]
     pairs = [(default_system, f"iso-{ev['baseline_guidance']}"), ("joint-jointcfg", "joint-none")]
     return [
-        compare(a, b, metric, [r[metric] for r in scores[a]], [r[metric] for r in scores[b]])
-        .to_dict()
+        compare(
+            a, b, metric, [r[metric] for r in scores[a]], [r[metric] for r in scores[b]]
+        ).to_dict()
         for a, b in pairs
         if a in scores and b in scores and metric in scores[a][0]
     ]
@@ -378,12 +380,10 @@ def write_reports(
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, columns, restval="")
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(path)
 
 
 def log_to_mlflow(

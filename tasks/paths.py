@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from jointdit.atomic import write_text
 
 RAW = Path("data/raw")
 VALIDATED = Path("data/validated")
@@ -18,6 +19,4 @@ PLOTS = REPORTS / "plots"
 def write_json(path: Path, obj: Any) -> None:
     """Atomically: a reader never sees half a report."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=2, default=float) + "\n")

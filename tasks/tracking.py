@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jointdit.data.media import atomic_path
+from jointdit.atomic import atomic_path
 
 log = logging.getLogger("jointdit")
 

@@ -55,7 +55,7 @@ def test_shards_round_trip_and_resume(tmp_path):
     rows[3] = {"i": 9, "path": "clip9.mp4"}
     build_shards(tmp_path, "train", rows, lambda rs: map(encode, rs), shard_size=2)
     assert calls == [2, 9]
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob(".*"))  # no temporary file left
 
 
 def test_a_truncated_shard_is_rebuilt(tmp_path):

@@ -69,7 +69,6 @@ class CodecConfig:
     audioldm2: AudioLDM2CodecConfig = field(default_factory=AudioLDM2CodecConfig)
     hifigan: HiFiGANCodecConfig = field(default_factory=HiFiGANCodecConfig)
 
-
     @property
     def name(self) -> str:
         """The pair's name, as the cache index and checkpoints record it: "patch",

@@ -34,8 +34,8 @@ from typing import IO
 
 import av
 
+from jointdit.atomic import atomic_path
 from jointdit.data.manifest import sha256_file
-from jointdit.data.media import atomic_path
 
 LICENSE = "CC-BY 3.0, (c) Blender Foundation, www.bigbuckbunny.org"
 CAPTION = "an animated film: a big rabbit, birds and three rodents in a sunny forest"

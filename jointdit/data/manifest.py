@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,8 @@ from typing import Any
 import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
+
+from jointdit.atomic import atomic_path
 
 SPLITS = ("train", "val")
 
@@ -259,11 +259,5 @@ def write_manifest(df: pd.DataFrame, path: Path, schema: Schema = RawManifest) -
     checked = _check(df, path, resolved)
     checked = checked[[c for c in resolved.columns if c in checked.columns]]
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            checked.to_csv(f, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        checked.to_csv(f, index=False)

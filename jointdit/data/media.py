@@ -25,8 +25,6 @@ windows, not on its length.
 from __future__ import annotations
 
 import math
-import os
-import uuid
 import wave
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -40,6 +38,8 @@ import numpy as np
 import torch
 import torchaudio
 from av.video.reformatter import VideoReformatter
+
+from jointdit.atomic import atomic_path
 
 _AAC_FRAME = 1024
 # Slack when comparing frame times with target times: far below any frame interval, far above
@@ -287,29 +287,6 @@ def _check_clip(frames: np.ndarray, fps: float, audio: np.ndarray | None, sample
         raise ValueError("audio contains NaN or infinity")
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary sibling to write to; on success it is synced and renamed to `path`.
-
-    The final name only ever holds a complete file; on failure the temporary file is removed
-    and an earlier file under the final name is left untouched.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
-    try:
-        yield tmp
-        # The data must be on disk before the rename makes it visible under the final name.
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # Clips for people are written at least this tall and wide. At the default 32x32, H.264's

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from jointdit.data.media import atomic_path
+from jointdit.atomic import atomic_path
 from jointdit.flow import Batch
 
 INDEX = "index.json"

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from jointdit.atomic import atomic_path
 from jointdit.data.manifest import (
     RawManifest,
     RejectedManifest,
@@ -91,16 +90,10 @@ def _copy_hashed(src: Path, dst: Path) -> str:
     """
     dst.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
-    try:
-        with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
-            while chunk := fin.read(_CHUNK):
-                digest.update(chunk)
-                fout.write(chunk)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(dst) as tmp, open(src, "rb") as fin, open(tmp, "wb") as fout:
+        while chunk := fin.read(_CHUNK):
+            digest.update(chunk)
+            fout.write(chunk)
     return digest.hexdigest()
 
 
