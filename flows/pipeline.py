@@ -15,18 +15,25 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
 from prefect import flow, get_run_logger, task
 
 from tasks.paths import REPORTS
 from tasks.summary import summary
 
-STAGES = ("fetch", "validate", "cache", "experts", "stage_a", "stage_b", "evaluate", "register")
+DVC_FILE = Path("dvc.yaml")
 DVC_LOCK = Path(".dvc/tmp/lock")
 # DVC lets go of its repository lock while a stage's command runs (so that the command may call
 # dvc itself); what marks a running stage then is its entry in this file, which DVC only reads
 # to refuse overlapping outputs, never to wait.
 DVC_RWLOCK = Path(".dvc/tmp/rwlock")
 POLL_S = 1.0
+
+
+def dvc_stages(dvc_file: Path = DVC_FILE) -> list[str]:
+    """The stages of dvc.yaml in the order it lists them, which is the order they depend on
+    each other: the graph has one home, and the flow runs what it says."""
+    return list(yaml.safe_load(dvc_file.read_text())["stages"])
 
 
 def _command(pid: int | str) -> str:
@@ -113,11 +120,12 @@ def run_stage(stage: str, force: bool = False) -> None:
 @flow(name="pipeline")
 def pipeline(stages: list[str] | None = None, force: bool = False) -> dict:
     """Run the given stages (default: all, in order); returns reports/metrics.json if present."""
-    chosen = list(stages or STAGES)
-    unknown = sorted(set(chosen) - set(STAGES))
+    known = dvc_stages()
+    chosen = list(stages or known)
+    unknown = sorted(set(chosen) - set(known))
     if unknown:
-        raise ValueError(f"unknown stages {unknown}; stages are {list(STAGES)}")
-    for stage in sorted(chosen, key=STAGES.index):
+        raise ValueError(f"unknown stages {unknown}; stages are {known}")
+    for stage in sorted(chosen, key=known.index):
         run_stage.with_options(name=f"dvc-{stage}")(stage, force)
     metrics = REPORTS / "metrics.json"
     if not metrics.exists():

@@ -241,3 +241,28 @@ def test_editing_a_module_makes_dvc_status_list_exactly_the_stages_that_import_i
         finally:
             path.write_bytes(original)
     assert stale_stages(tmp_path) == set()
+
+
+def _path(entry: str | dict) -> str:
+    return entry if isinstance(entry, str) else next(iter(entry))
+
+
+def test_the_pipeline_flow_runs_each_stage_after_the_stages_it_reads_from():
+    from flows.pipeline import dvc_stages
+
+    order = dvc_stages(REPO / "dvc.yaml")
+    assert set(order) == {s for s, f in STAGE_FILE.items() if f == "dvc.yaml"}
+    made_by = {
+        _path(out): stage
+        for stage in order
+        for kind in ("outs", "metrics", "plots")
+        for out in STAGES[stage].get(kind, [])
+    }
+    edges = 0
+    for i, stage in enumerate(order):
+        for dep in STAGES[stage].get("deps", []):
+            for out, maker in made_by.items():
+                if dep == out or dep.startswith(out.rstrip("/") + "/"):
+                    edges += 1
+                    assert order.index(maker) < i, f"{stage} reads {dep} before {maker} makes it"
+    assert edges >= len(order) - 1  # a chain at least: fetch -> validate -> ... -> register
