@@ -35,8 +35,6 @@ from pathlib import Path
 
 import av
 import numpy as np
-import torch
-import torchaudio
 from av.video.reformatter import VideoReformatter
 
 from jointdit.atomic import atomic_path
@@ -553,6 +551,11 @@ class _AudioWindows:
             first, end, skip = self._span(self._starts[len(self.windows)])
             if end > self._first + self._held and not final:
                 break
+            # imported here: fetch and validate read media but never resample, and torch
+            # would double their start-up
+            import torch
+            import torchaudio
+
             wave = torch.from_numpy(self._slice(first, end))
             wave = torchaudio.functional.resample(wave, self._native, self._rate)
             self.windows.append(wave[skip : skip + self._n].numpy())
