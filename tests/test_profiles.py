@@ -92,3 +92,25 @@ def test_film_profile_builds_its_model_on_its_codec():
     params = overlay(load_params(REPO / "params.yaml"), load_profile("film", REPO / "profiles"))
     cfg = model_config(params, codec_from(params))
     assert (cfg.audio_bins, cfg.audio_patch_f) == (80, 16)
+
+
+# What evaluate needs for a metric to exist (tasks/evaluate.py); a gate on a metric the run
+# never computes fails only at register, after the whole pipeline has trained.
+NEEDS = {
+    "oracle_": lambda p: p["evaluate"]["oracle"],
+    "fad": lambda p: p["evaluate"]["embedders"]["vggish"],
+    "fvd": lambda p: p["evaluate"]["embedders"]["i3d"],
+    "desync": lambda p: p["evaluate"]["embedders"]["synchformer"],
+}
+
+
+@pytest.mark.parametrize("profile", [None, "gpu", "film"])
+def test_each_profile_gates_on_metrics_its_evaluation_computes(profile):
+    params = load_params(REPO / "params.yaml")
+    if profile:
+        params = overlay(params, load_profile(profile, REPO / "profiles"))
+    gate = params["register"]["gate"]
+    for metric in (gate["primary"], *gate["guards"]):
+        for prefix, needed in NEEDS.items():
+            if metric.startswith(prefix):
+                assert needed(params), f"{profile or 'params.yaml'}: the gate's {metric} is off"
