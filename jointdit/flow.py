@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from jointdit.model.jointdit import JointDiT, JointDiTConfig
+from jointdit.model.interface import JointModel
+from jointdit.model.jointdit import JointDiTConfig
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def noised(x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
     return (1 - t) * x0 + t * noise
 
 
-def holds_first_frame(model: nn.Module) -> bool:
+def holds_first_frame(model: JointModel) -> bool:
     """Whether the model was built to take frame 0 as the clean image (our DiT with
     hold_first_frame; the pretrained UNets take one time per clip)."""
     return isinstance(model.cfg, JointDiTConfig) and model.cfg.hold_first_frame
@@ -115,7 +116,7 @@ def draw_noise(batch: Batch, generator: torch.Generator) -> tuple[Tensor, Tensor
 
 
 def flow_loss(
-    model: JointDiT,
+    model: JointModel,
     batch: Batch,
     t_video: Tensor,
     t_audio: Tensor,

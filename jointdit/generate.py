@@ -15,7 +15,7 @@ from torch import Tensor
 
 from jointdit.flow import frame_times, holds_first_frame
 from jointdit.guidance import Condition, guidance_weights, guided_velocity
-from jointdit.model.jointdit import JointDiT
+from jointdit.model.interface import JointModel
 from jointdit.sampling import Latents, sample
 
 
@@ -38,7 +38,7 @@ class SampleConfig:
 
 @torch.no_grad()
 def generate(
-    model: JointDiT,
+    model: JointModel,
     image: Tensor,
     text: Tensor | None,
     frames: int,

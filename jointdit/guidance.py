@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from jointdit.model.jointdit import JointDiT
+from jointdit.model.interface import JointModel
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class Condition:
 
 
 def guided_velocity(
-    model: JointDiT,
+    model: JointModel,
     video: Tensor,
     audio: Tensor,
     t_video: Tensor,

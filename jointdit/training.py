@@ -30,7 +30,7 @@ from jointdit.flow import (
     noised,
     sample_t,
 )
-from jointdit.model.jointdit import JointDiT
+from jointdit.model.interface import JointModel
 from jointdit.train_state import fingerprint, restore_state, save_state
 
 
@@ -60,7 +60,7 @@ class TrainConfig:
 
 
 def set_trainable(
-    model: JointDiT, trainable: tuple[str, ...], frozen: tuple[str, ...]
+    model: JointModel, trainable: tuple[str, ...], frozen: tuple[str, ...]
 ) -> list[str]:
     """Set requires_grad by pattern; returns the trainable names. No match is an error."""
     names = []
@@ -101,7 +101,7 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
 
 @torch.no_grad()
 def validation_loss(
-    model: JointDiT, data: Batch, flow: FlowConfig, experts_only: bool = False, seed: int = 0
+    model: JointModel, data: Batch, flow: FlowConfig, experts_only: bool = False, seed: int = 0
 ) -> dict[str, float]:
     """Loss on a fixed grid of t and fixed noise, so values are comparable across models."""
     was_training = model.training
@@ -127,7 +127,7 @@ def validation_loss(
 
 @torch.no_grad()
 def condition_sensitivity(
-    model: JointDiT, data: Batch, t: float = 0.9, seed: int = 0, experts_only: bool = False
+    model: JointModel, data: Batch, t: float = 0.9, seed: int = 0, experts_only: bool = False
 ) -> dict[str, float]:
     """How much the model's clean-video estimate x0 = x_t - t v of frames 1.. moves when each
     clip is given the next clip's image (and, for a model holding it, first frame), at time t.
@@ -180,7 +180,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def train(
-    model: JointDiT,
+    model: JointModel,
     train_data: Batch,
     val_data: Batch,
     cfg: TrainConfig,

@@ -25,10 +25,9 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import UNet2DConditionModel, UNetSpatioTemporalConditionModel
 from torch import Tensor, nn
 
 from jointdit.backbones import timemaps
@@ -40,6 +39,9 @@ from jointdit.backbones.base import (
     video_positions,
     video_tokens_to_map,
 )
+
+if TYPE_CHECKING:  # diffusers takes seconds to import; the default (dit) path never needs it
+    from diffusers import UNet2DConditionModel, UNetSpatioTemporalConditionModel
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,8 @@ def _zero_linear(d_in: int, d_out: int) -> nn.Linear:
 
 class SVDBackbone(_UNetBackbone):
     def __init__(self, unet: UNetSpatioTemporalConditionModel, cfg: SVDConfig, context_dim: int):
+        from diffusers import UNetSpatioTemporalConditionModel
+
         super().__init__()
         if not isinstance(unet, UNetSpatioTemporalConditionModel):
             raise TypeError(
@@ -279,6 +283,8 @@ class AudioLDMBackbone(_UNetBackbone):
         context_dim: int,
         schedule: timemaps.DDPMSchedule,
     ):
+        from diffusers import UNet2DConditionModel
+
         super().__init__()
         if not isinstance(unet, UNet2DConditionModel):
             raise TypeError(

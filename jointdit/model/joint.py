@@ -26,7 +26,6 @@ from torch.utils.checkpoint import checkpoint
 
 from jointdit.backbones.base import Backbone, BackboneCond
 from jointdit.backbones.dit import DiTBackbone
-from jointdit.backbones.loader import load_scheduler_config, load_unet
 from jointdit.backbones.timemaps import DDPMSchedule
 from jointdit.backbones.unet import AudioLDMBackbone, AudioLDMConfig, SVDBackbone, SVDConfig
 from jointdit.config import from_dict
@@ -242,6 +241,9 @@ def build_from_unets(
 def load_backbone_model(cfg: BackboneModelConfig) -> tuple[JointBackboneModel, DDPMSchedule]:
     """The joint model on the pretrained UNets of the snapshot directories in cfg, and the
     audio backbone's DDPM schedule (its snapshot's scheduler config, else AudioLDM's)."""
+    # imported here: diffusers takes seconds, which the default (dit) path never needs
+    from jointdit.backbones.loader import load_scheduler_config, load_unet
+
     dtype = torch_dtype(cfg.dtype, "model.backbones")
     video_unet = load_unet(
         cfg.svd.path, "UNetSpatioTemporalConditionModel", dtype, "model.backbones.svd"
