@@ -27,6 +27,7 @@ from jointdit.model.joint import (
 from jointdit.model.jointdit import JointDiT, JointDiTConfig
 from jointdit.training import TrainConfig, train
 from tests.conftest import TINY, randomize, tiny_inputs
+from tests.dit_view import jointdit_view
 from tests.pretrained_fixtures import AUDIOLDM_TINY, SCHEDULER, SVD_TINY, snapshot
 
 # a plain text-conditioned UNet2DConditionModel: no class embedding, one cross_attention_dim
@@ -371,7 +372,7 @@ def test_pairs_must_match_or_be_configured(snapshots):
 
 
 def test_dit_view_is_saved_as_the_jointdit_itself(tmp_path):
-    view = JointBackboneModel.from_jointdit(JointDiT(TINY))
+    view = jointdit_view(JointDiT(TINY))
     assert view.cfg == TINY  # generation reads latent sizes and text settings from cfg
     with pytest.raises(ValueError, match="saved as the JointDiT itself"):
         save_checkpoint(tmp_path, view)
@@ -383,7 +384,7 @@ def test_dit_adapter_reproduces_jointdit(image_embed, mode):
     cfg = dataclasses.replace(TINY, image_embed_dim=image_embed)
     torch.manual_seed(0)
     model = randomize(JointDiT(cfg)).eval()
-    view = JointBackboneModel.from_jointdit(model)
+    view = jointdit_view(model)
     assert {id(p) for p in view.parameters()} == {id(p) for p in model.parameters()}
     x = tiny_inputs(cfg, b=3)
     if image_embed:

@@ -25,7 +25,6 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from jointdit.backbones.base import Backbone, BackboneCond
-from jointdit.backbones.dit import DiTBackbone
 from jointdit.backbones.timemaps import DDPMSchedule
 from jointdit.backbones.unet import AudioLDMBackbone, AudioLDMConfig, SVDBackbone, SVDConfig
 from jointdit.config import from_dict
@@ -151,20 +150,6 @@ class JointBackboneModel(nn.Module):
             ))
         return cls(cfg, video, audio, ContextEmbedder(text, image), nn.ModuleList(layers), pairs,
                    (cfg.rope_time_scale, cfg.rope_theta))
-
-    @classmethod
-    def from_jointdit(cls, model: JointDiT) -> JointBackboneModel:
-        """A view of a JointDiT (its own modules, no copies) through the Backbone interface."""
-        c = model.cfg
-        return cls(
-            c,
-            DiTBackbone(model, "video"),
-            DiTBackbone(model, "audio"),
-            ContextEmbedder(model.text, model.image_embed),
-            nn.ModuleList(b.joint for b in model.blocks),
-            tuple((i, i) for i in range(c.depth)),
-            (c.rope_time_scale, c.rope_theta),
-        )
 
     def _angles(self, positions: Tensor, layer: JointLayer) -> Tensor:
         pos = positions.clone()

@@ -1,4 +1,9 @@
-"""Our own JointDiT's video or audio half as a Backbone: views over its modules, no copies.
+"""Our own JointDiT seen through the Backbone interface: views over its modules, no copies.
+
+A test instrument, not a model anyone trains: the joint model over two backbones
+(`JointBackboneModel`, the pretrained path) must compute exactly what JointDiT computes when its
+backbones are JointDiT's own halves (tests/test_backbones.py), which checks the generic
+machinery on a model with no diffusers in it.
 
 The DiT already works on tokens at the flow's own t, so its time map is the identity; its
 prediction converts as JointDiT.forward converts it (an x-predicting DiT's clean latent becomes
@@ -12,6 +17,7 @@ from dataclasses import dataclass, replace
 from torch import Tensor, nn
 
 from jointdit.backbones.base import Backbone, BackboneCond
+from jointdit.model.joint import ContextEmbedder, JointBackboneModel
 from jointdit.model.jointdit import (
     JointDiT,
     signal_scaled,
@@ -96,3 +102,17 @@ class DiTBackbone(Backbone):
 
     def from_tokens(self, s: DiTState, tokens: Tensor) -> DiTState:
         return replace(s, x=tokens)
+
+
+def jointdit_view(model: JointDiT) -> JointBackboneModel:
+    """The JointDiT as a JointBackboneModel over its own modules (no copies)."""
+    c = model.cfg
+    return JointBackboneModel(
+        c,
+        DiTBackbone(model, "video"),
+        DiTBackbone(model, "audio"),
+        ContextEmbedder(model.text, model.image_embed),
+        nn.ModuleList(b.joint for b in model.blocks),
+        tuple((i, i) for i in range(c.depth)),
+        (c.rope_time_scale, c.rope_theta),
+    )
