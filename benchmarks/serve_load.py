@@ -4,9 +4,10 @@ seed) back to back.
 
 Prints requests served, errors (0 expected), latency p50 / p95 / max beside the baseline (the
 same one-row predict in this process, no server, measured after the load), throughput, and the
-memory (RSS) of the server's processes after a warm-up and after the load (growth beyond noise
-would be a leak). With more clients than workers a request waits for a free worker, so p50
-near clients / workers x the baseline means the server adds little of its own.
+memory (RSS) of the server's processes after a warm-up, at half time and after the load
+(allocators settle during the first half; growth in the second half would be a leak). With
+more clients than workers a request waits for a free worker, so p50 near clients / workers x
+the baseline means the server adds little of its own.
 
 The model is a randomly initialised one of params.yaml's size (the trained
 one does the same arithmetic; `--tiny` for the tests' tiny one), registered by the real
@@ -150,6 +151,10 @@ def load(server: subprocess.Popen, url: str, args: argparse.Namespace) -> str:
     threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
     for t in threads:
         t.start()
+    # Allocators keep growing for the first requests after a warm-up; a leak keeps growing
+    # after that too: the second half of the load is the figure to read.
+    time.sleep(args.seconds / 2)
+    half = rss_mib(root)
     for t in threads:
         t.join()
     elapsed = time.monotonic() - started
@@ -163,11 +168,16 @@ def load(server: subprocess.Popen, url: str, args: argparse.Namespace) -> str:
         f"requests served {served}, errors {len(latencies) - served} {statuses}",
         f"latency p50 {statistics.median(latencies):.2f} s, p95 {q[18]:.2f} s, "
         f"max {max(latencies):.2f} s; {served / elapsed:.2f} requests/s",
-        "memory (RSS, MiB)        after warm-up   after load",
+        "memory (RSS, MiB)        after warm-up   half time   after load",
     ]
+    nan = float("nan")
     for key in sorted(before):
-        lines.append(f"  {key:<24} {before[key]:10.1f} {after.get(key, float('nan')):12.1f}")
-    lines.append(f"  {'total':<24} {sum(before.values()):10.1f} {sum(after.values()):12.1f}")
+        then, mid, end = before[key], half.get(key, nan), after.get(key, nan)
+        lines.append(f"  {key:<24} {then:10.1f} {mid:11.1f} {end:12.1f}")
+    lines.append(
+        f"  {'total':<24} {sum(before.values()):10.1f} {sum(half.values()):11.1f} "
+        f"{sum(after.values()):12.1f}"
+    )
     return "\n".join(lines)
 
 

@@ -3,7 +3,8 @@ import dataclasses
 import pytest
 import torch
 
-from jointdit.model.jointdit import JointDiT, count_parameters, dense_attention, pool_tokens
+from jointdit.model.jointdit import JointDiT, count_parameters
+from jointdit.model.layers import dense_attention, pool_tokens
 from jointdit.model.rope import apply_rope, axis_dims, rope_angles
 from jointdit.training import set_trainable
 from tests.conftest import TINY, randomize, tiny_inputs

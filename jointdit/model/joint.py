@@ -28,13 +28,9 @@ from jointdit.backbones.base import Backbone, BackboneCond
 from jointdit.backbones.timemaps import DDPMSchedule
 from jointdit.backbones.unet import AudioLDMBackbone, AudioLDMConfig, SVDBackbone, SVDConfig
 from jointdit.config import from_dict
-from jointdit.model.jointdit import (
-    JointDiT,
-    JointDiTConfig,
-    JointLayer,
-    context_tokens,
-    text_embedder,
-)
+from jointdit.model.joint_layer import JointLayer
+from jointdit.model.jointdit import JointDiT, JointDiTConfig
+from jointdit.model.layers import context_tokens, text_embedder
 from jointdit.model.rope import axis_dims, rope_angles
 from jointdit.pretrained import torch_dtype
 
