@@ -7,6 +7,7 @@ import torch
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
+from jointdit.flow import Batch
 from jointdit.model.jointdit import JointDiT, JointDiTConfig
 
 # the real-server fixtures (plugins of the server, fault and serving tests) assert too
@@ -128,3 +129,15 @@ def restore_tracking_uri():
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     if before_env is not None:
         os.environ["MLFLOW_TRACKING_URI"] = before_env
+
+
+def tiny_batch(n: int = 6, seed: int = 0) -> Batch:
+    """A random batch of tiny latents (video 2x3x4x4, audio 1x8x6, 4 word ids)."""
+    g = torch.Generator().manual_seed(seed)
+    video = torch.randn(n, 2, 3, 4, 4, generator=g)
+    return Batch(
+        video=video,
+        audio=torch.randn(n, 1, 8, 6, generator=g),
+        image=video[:, 0].clone(),
+        text=torch.randint(1, 50, (n, 4), generator=g),
+    )

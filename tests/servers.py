@@ -30,7 +30,7 @@ from jointdit.model.jointdit import JointDiT
 from tasks.encoding import codec_from
 from tasks.model_config import model_config
 from tests.conftest import randomize
-from tests.test_pipeline_e2e import tiny_params
+from tests.tiny_project import tiny_params
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

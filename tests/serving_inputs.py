@@ -88,3 +88,12 @@ def write_bad_files(folder: Path) -> dict[str, Path]:
             files[name] = folder / f"{name}.png"
             files[name].write_bytes(base64.b64decode(fields["image"]))
     return files
+
+
+def drawn_image(path: Path) -> Path:
+    """A 40x40 PNG drawn here (a red square over a grey floor), not from any data set."""
+    canvas = np.zeros((40, 40, 3), dtype=np.uint8)
+    canvas[30:, :] = 128
+    canvas[5:13, 16:24] = (230, 40, 40)
+    Image.fromarray(canvas).save(path)
+    return path

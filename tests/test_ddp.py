@@ -25,8 +25,7 @@ from jointdit.flow import FlowConfig
 from jointdit.model.jointdit import JointDiT
 from jointdit.training import TrainConfig, train
 from tasks.train import launch_command, train_stage
-from tests.conftest import TINY, randomize
-from tests.test_training import _data
+from tests.conftest import TINY, randomize, tiny_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -43,7 +42,7 @@ class Stop(Exception):
 def _train(cfg: TrainConfig, resume_dir: Path | None, log=lambda step, rec: None):
     torch.manual_seed(0)
     model = randomize(JointDiT(TINY))
-    history = train(model, _data(), _data(), cfg, FlowConfig(), log, False, resume_dir)
+    history = train(model, tiny_batch(), tiny_batch(), cfg, FlowConfig(), log, False, resume_dir)
     return model, history
 
 
@@ -210,6 +209,7 @@ def test_a_stage_with_two_processes_trains_the_one_process_model(tmp_path, monke
         history = client.get_metric_history(run.info.run_id, "train_loss")
         assert sorted(m.step for m in history) == [1, 2, 3, 4]
         assert run.data.metrics["final_val_loss"] == pytest.approx(single["val_loss"], rel=1e-3)
+
 
 def main(root: Path, grad_accums: list[int], stop_after: int) -> None:
     torch.set_num_threads(1)

@@ -14,7 +14,7 @@ import pytest
 from tests.servers import BIN, REPO, free_port
 from tests.serving_fixtures import serving
 from tests.serving_inputs import png_bytes, write_bad_files
-from tests.test_pipeline_e2e import TINY_CLIP
+from tests.tiny_project import TINY_CLIP
 
 pytest_plugins = ("tests.serving_fixtures",)
 

@@ -19,7 +19,7 @@ from jointdit.metrics.desync import (
     segment_count,
     video_input,
 )
-from tests.test_synchformer import TINY, random_synchformer
+from tests.tiny_synchformer import TINY, random_synchformer
 
 
 @pytest.fixture(scope="module")

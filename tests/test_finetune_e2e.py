@@ -23,7 +23,7 @@ from jointdit.checkpoint import load_checkpoint
 from jointdit.config import from_dict
 from jointdit.data.media import display_scale, probe
 from tasks.register import GateConfig, gate
-from tests.test_pipeline_e2e import REPO, TINY_CLIP, run, tiny_params
+from tests.tiny_project import REPO, TINY_CLIP, run, tiny_params
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +80,9 @@ def test_the_fine_tune_starts_from_the_champion_and_is_registered_with_its_paren
     assert set(metrics["val_loss"]) == {"finetune", "parent"}
     # the gate judged the champion (the parent) on its row measured here, on the new data,
     # not on the numbers it was registered with
-    rule = from_dict(GateConfig, yaml.safe_load((project / "params.yaml").read_text())[
-        "register"]["gate"])
+    rule = from_dict(
+        GateConfig, yaml.safe_load((project / "params.yaml").read_text())["register"]["gate"]
+    )
     row = metrics["systems"]["parent-jointcfg"]
     expected = gate(registry["metrics"], row, rule, (metrics["protocol"],) * 2)
     assert (registry["promoted"], registry["reason"]) == expected

@@ -35,8 +35,8 @@ from tests.servers import (
     start_worker,
     tiny_workspace,
 )
-from tests.test_pipeline_e2e import TINY_CLIP
-from tests.test_servers import drawn_image
+from tests.serving_inputs import drawn_image
+from tests.tiny_project import TINY_CLIP
 
 pytest_plugins = ("tests.servers",)  # the server fixtures
 

@@ -38,7 +38,7 @@ from tests.pretrained_fixtures import (
     save_vocoder,
     snapshot,
 )
-from tests.test_pipeline_e2e import make_folder, run
+from tests.tiny_project import make_folder, run
 
 REPO = Path(__file__).resolve().parent.parent
 CLIP = {"duration_s": 1.0, "hop_s": 1.0, "fps": 4.0, "width": 16, "height": 16}

@@ -24,8 +24,7 @@ from jointdit.flow import FlowConfig
 from jointdit.model.jointdit import JointDiT
 from jointdit.train_state import restore_state
 from jointdit.training import TrainConfig, train
-from tests.conftest import TINY
-from tests.test_training import _data
+from tests.conftest import TINY, tiny_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = TrainConfig(
@@ -50,7 +49,9 @@ def _run(
         if step == stop_after:
             raise Stop
 
-    history = train(model, _data(), _data(), cfg, FlowConfig(), on_step, False, resume_dir)
+    history = train(
+        model, tiny_batch(), tiny_batch(), cfg, FlowConfig(), on_step, False, resume_dir
+    )
     return model, history
 
 

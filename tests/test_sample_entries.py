@@ -13,7 +13,7 @@ from jointdit.data.media import probe
 from jointdit.sample_request import BadRequest
 from tests.servers import BIN
 from tests.serving_inputs import png_bytes, write_bad_files
-from tests.test_pipeline_e2e import TINY_CLIP
+from tests.tiny_project import TINY_CLIP
 
 pytest_plugins = ("tests.serving_fixtures", "tests.servers")
 

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import psycopg2
 from mlflow import MlflowClient
-from PIL import Image
 
 from tests.servers import (
     check,
@@ -19,17 +18,10 @@ from tests.servers import (
     register_env,
     tiny_workspace,
 )
-from tests.test_pipeline_e2e import TINY_CLIP, tiny_params
+from tests.serving_inputs import drawn_image
+from tests.tiny_project import TINY_CLIP, tiny_params
 
 pytest_plugins = ("tests.servers",)  # the server fixtures
-
-
-def drawn_image(path):
-    canvas = np.zeros((40, 40, 3), dtype=np.uint8)
-    canvas[30:, :] = 128
-    canvas[5:13, 16:24] = (230, 40, 40)
-    Image.fromarray(canvas).save(path)
-    return path
 
 
 def test_mlflow_on_postgres_registers_and_serves_a_model(

@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 from jointdit.data.media import probe
 from tests.servers import BIN
 from tests.serving_inputs import b64, bad_inputs, png_bytes
-from tests.test_pipeline_e2e import TINY_CLIP
+from tests.tiny_project import TINY_CLIP
 
 pytest_plugins = ("tests.serving_fixtures",)
 

@@ -6,21 +6,9 @@ import torch
 from jointdit.metrics.synchformer import (
     WINDOW_SEGMENTS,
     Synchformer,
-    SynchformerConfig,
     _DividedAttention,
 )
-
-TINY = SynchformerConfig(
-    dim=32,
-    video_depth=1,
-    video_heads=2,
-    audio_depth=1,
-    audio_heads=2,
-    sync_depth=1,
-    sync_heads=2,
-    image_size=32,
-    num_mel_bins=32,
-)
+from tests.tiny_synchformer import random_synchformer
 
 # Hand count of the published model (D = 768), part by part. A pre-norm transformer layer
 # (attention 4 D^2 + 4 D, MLP 8 D^2 + 5 D, two LayerNorms 4 D) has 12 D^2 + 13 D parameters.
@@ -50,19 +38,6 @@ PARAMETERS = {
 }
 TOTAL = 237_460_245  # also the count of the av-benchmark module that loads the public file
 KEYS = {"vfeat_extractor": 238, "afeat_extractor": 212, "vproj": 2, "aproj": 2, "transformer": 59}
-
-
-def random_synchformer(cfg: SynchformerConfig = TINY, seed: int = 0) -> Synchformer:
-    """A model whose every parameter is random, LayerNorms included, in eval mode."""
-    torch.manual_seed(seed)
-    model = Synchformer(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.2)
-        for module in model.modules():
-            if isinstance(module, torch.nn.LayerNorm):
-                module.weight.normal_(1.0, 0.2)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

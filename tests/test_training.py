@@ -1,27 +1,16 @@
 import pytest
 import torch
 
-from jointdit.flow import Batch, FlowConfig
+from jointdit.flow import FlowConfig
 from jointdit.model.jointdit import JointDiT
 from jointdit.training import TrainConfig, lr_at, train, validation_loss
-from tests.conftest import TINY, randomize
-
-
-def _data(n=6, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    video = torch.randn(n, 2, 3, 4, 4, generator=g)
-    return Batch(
-        video=video,
-        audio=torch.randn(n, 1, 8, 6, generator=g),
-        image=video[:, 0].clone(),
-        text=torch.randint(1, 50, (n, 4), generator=g),
-    )
+from tests.conftest import TINY, randomize, tiny_batch
 
 
 def test_training_lowers_validation_loss_and_logs():
     torch.manual_seed(0)
     model = JointDiT(TINY)
-    data = _data()
+    data = tiny_batch()
     flow = FlowConfig()
     before = validation_loss(model, data, flow)
     logged = []
@@ -42,7 +31,7 @@ def test_training_lowers_validation_loss_and_logs():
 
 def test_validation_loss_is_deterministic():
     model = JointDiT(TINY)
-    data = _data()
+    data = tiny_batch()
     assert validation_loss(model, data, FlowConfig()) == validation_loss(model, data, FlowConfig())
 
 
@@ -55,7 +44,7 @@ def test_stage_a_contract_leaves_the_experts_untouched():
             torch.nn.init.zeros_(mod[1].bias)
     frozen_before = {k: v.clone() for k, v in model.state_dict().items() if ".joint." not in k}
     cfg = TrainConfig(steps=5, batch_size=4, trainable=("blocks.*.joint.*",), eval_every=100)
-    train(model, _data(), _data(), cfg, FlowConfig(), progress=False)
+    train(model, tiny_batch(), tiny_batch(), cfg, FlowConfig(), progress=False)
     for k, v in model.state_dict().items():
         if ".joint." in k:
             continue
@@ -78,7 +67,7 @@ def test_bf16_and_checkpointed_training_steps_run():
     torch.manual_seed(0)
     model = randomize(JointDiT(TINY))
     cfg = TrainConfig(steps=2, batch_size=2, grad_checkpointing=True, bf16=True, eval_every=2)
-    history = train(model, _data(), _data(), cfg, FlowConfig(), progress=False)
+    history = train(model, tiny_batch(), tiny_batch(), cfg, FlowConfig(), progress=False)
     assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in history)
     assert model.grad_checkpointing
 
@@ -89,7 +78,7 @@ def test_compiled_training_matches_eager():
         torch.manual_seed(0)
         model = randomize(JointDiT(TINY))
         cfg = TrainConfig(steps=2, batch_size=2, compile=compiled, eval_every=2)
-        results.append(train(model, _data(), _data(), cfg, FlowConfig(), progress=False))
+        results.append(train(model, tiny_batch(), tiny_batch(), cfg, FlowConfig(), progress=False))
     for eager, compiled in zip(*results, strict=True):
         assert abs(eager["train_loss"] - compiled["train_loss"]) < 1e-4
 
@@ -99,4 +88,4 @@ def test_grad_accum_outside_the_batch_is_refused(grad_accum):
     cfg = TrainConfig(steps=1, batch_size=4, grad_accum=grad_accum)
     match = rf"grad_accum={grad_accum} .*batch_size=4 over 1 process"
     with pytest.raises(ValueError, match=match):
-        train(JointDiT(TINY), _data(), _data(), cfg, FlowConfig(), progress=False)
+        train(JointDiT(TINY), tiny_batch(), tiny_batch(), cfg, FlowConfig(), progress=False)
