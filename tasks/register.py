@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class GateConfig:
-    primary: str = "av_align"  # higher is better
+    primary: str = "oracle_f1"  # higher is better
     min_gain: float = 0.0
     guards: tuple[str, ...] = ("fd_logmel", "fd_frames")  # lower is better
     tolerance: float = 0.1  # a guard may be this fraction worse than the champion's

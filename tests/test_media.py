@@ -223,7 +223,11 @@ def transcode_to_ffmpeg_avi(source: Path, target: Path) -> None:
 def test_real_footage_probes_and_reads(tmp_path):
     film, surround = probe(DATA / "bbb_film_excerpt.mp4"), probe(DATA / "bbb_51_excerpt.mp4")
     assert (film.fps, film.width, film.height, film.sample_rate, film.channels) == (
-        24.0, 96, 54, 44100, 2
+        24.0,
+        96,
+        54,
+        44100,
+        2,
     )
     assert (surround.fps, surround.sample_rate, surround.channels) == (25.0, 48000, 6)
     assert film.duration_s == pytest.approx(3.0, abs=0.05)
@@ -259,3 +263,19 @@ def test_clips_for_people_are_enlarged_by_whole_pixels(tmp_path, height, width, 
     write_clip(path, frames, FPS, None, 0, scale=3)
     info = probe(path)
     assert (info.width, info.height, info.has_audio) == (48, 48, False)
+
+
+def test_equal_frames_give_equal_bytes(tmp_path):
+    # fetch re-renders the synthetic data on every rerun: a different file is a different
+    # sha256 and (x264 being lossy) different pixels, so everything downstream would retrain
+    from jointdit.data.synthetic import SyntheticConfig, make_clip
+
+    cfg = SyntheticConfig()
+    for i in range(12):
+        clip = make_clip(cfg, i)
+        written = set()
+        for k in range(3):
+            path = tmp_path / f"{i}_{k}.mp4"
+            write_clip(path, clip.frames, cfg.fps, clip.audio, cfg.sample_rate)
+            written.add(path.read_bytes())
+        assert len(written) == 1, f"clip {i}: {len(written)} different files from equal input"

@@ -114,3 +114,45 @@ def test_each_profile_gates_on_metrics_its_evaluation_computes(profile):
         for prefix, needed in NEEDS.items():
             if metric.startswith(prefix):
                 assert needed(params), f"{profile or 'params.yaml'}: the gate's {metric} is off"
+
+
+def _disagreements(cls: type, section: dict, where: str) -> list[str]:
+    import dataclasses
+
+    default, found = cls(), []
+    for f in dataclasses.fields(cls):
+        if f.name not in section:
+            continue
+        value, given = getattr(default, f.name), section[f.name]
+        if dataclasses.is_dataclass(value) and isinstance(given, dict):
+            found += _disagreements(type(value), given, f"{where}.{f.name}")
+        elif (list(value) if isinstance(value, tuple) else value) != given:
+            found.append(f"{where}.{f.name}: default {value!r}, params.yaml {given!r}")
+    return found
+
+
+def test_config_defaults_agree_with_params_yaml():
+    """A config built without params (a notebook, a test) is the default run's."""
+    from jointdit.codecs import CodecConfig
+    from jointdit.conditioning import ConditioningConfig
+    from jointdit.data.manifest import ValidationConfig
+    from jointdit.data.synthetic import SyntheticConfig
+    from jointdit.flow import FlowConfig
+    from jointdit.generate import SampleConfig
+    from jointdit.model.jointdit import JointDiTConfig
+    from tasks.cache import CacheRun
+    from tasks.register import GateConfig
+
+    p = load_params(REPO / "params.yaml")
+    pairs = [
+        (ValidationConfig, p["validate"], "validate"),
+        (SyntheticConfig, p["data"]["synthetic"], "data.synthetic"),
+        (CodecConfig, p["codec"], "codec"),
+        (ConditioningConfig, p["conditioning"], "conditioning"),
+        (JointDiTConfig, p["model"], "model"),
+        (FlowConfig, p["flow"], "flow"),
+        (SampleConfig, p["sample"], "sample"),
+        (GateConfig, p["register"]["gate"], "register.gate"),
+        (CacheRun, p["cache"], "cache"),
+    ]
+    assert [d for cls, section, where in pairs for d in _disagreements(cls, section, where)] == []

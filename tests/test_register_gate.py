@@ -38,7 +38,7 @@ def test_first_version_is_always_promoted():
 
 def test_a_rule_naming_a_missing_metric_is_refused_and_a_champion_without_it_is_kept():
     with pytest.raises(ValueError, match="'fad'"):
-        GateConfig(guards=("fad",)).check(CHAMPION)
+        GateConfig(primary="av_align", guards=("fad",)).check(CHAMPION)
     ok, reason = gate({**CHAMPION, "oracle_f1": 0.5}, CHAMPION, GateConfig(primary="oracle_f1"))
     assert not ok and "champion has no ['oracle_f1']" in reason
 

@@ -49,7 +49,7 @@ class ValidationConfig:
     min_width: int = 16
     min_height: int = 16
     min_sample_rate: int = 8000
-    val_fraction: float = 0.125
+    val_fraction: float = 0.2
     split_seed: int = 0
     # Silence: the RMS level of the loudest of `loudness_excerpts` excerpts of
     # `loudness_excerpt_s` seconds, spread over the clip (a long clip is never decoded whole).

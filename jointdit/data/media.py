@@ -252,7 +252,11 @@ def _video_encoder(width: int, height: int, fps: float) -> tuple[str, dict[str, 
     # near-lossless output at these sizes, with a floor so tiny frames are not starved.
     bit_rate = max(2_000_000, int(width * height * fps))
     for name, options, rate in (
-        ("libx264", {"crf": "18", "preset": "medium"}, None),
+        # mbtree=0: with x264's macroblock-tree rate control the same frames gave different
+        # bytes from one write to the next (and, at this quality, different pixels), so
+        # re-fetching the synthetic data changed the training data; without it, equal in,
+        # equal out (tests/test_media.py)
+        ("libx264", {"crf": "18", "preset": "medium", "x264-params": "mbtree=0"}, None),
         ("libopenh264", {}, bit_rate),
         ("mpeg4", {}, bit_rate),
     ):
@@ -345,8 +349,7 @@ def _encode(
     video = container.add_stream(codec, rate=rate, options=options)
     video.width, video.height, video.pix_fmt = width, height, "yuv420p"
     # One encoder thread: with frame threads, x264's bytes depended on timing (26 of 48
-    # synthetic clips differed between two runs; about 1 write in 30 still does), and tiny
-    # clips gain nothing from threads.
+    # synthetic clips differed between two runs), and tiny clips gain nothing from threads.
     video.codec_context.thread_count = 1
     video.codec_context.thread_type = "NONE"
     if bit_rate is not None:
