@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed-stamp
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 LOCK := locks/requirements.txt
 # resolved for every platform and Python >= 3.11; constraints.txt holds the pins it keeps to
-COMPILE := $(VENV)/bin/uv pip compile -q --universal --python-version 3.11 --generate-hashes
+COMPILE := $(VENV)/bin/uv pip compile -q --universal --python-version 3.11 --generate-hashes \
+  --no-strip-extras
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
