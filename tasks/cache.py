@@ -6,7 +6,7 @@ listed in `data/cache/rejected.csv` with code `too_short`. `data/cache/windows.c
 window table the shards hold (`WindowManifest`), checked before any shard is written.
 
 Shards are independent, so `cache.workers` / `cache.scheduler` hand their encoding to Dask
-worker processes on this machine or others (infra/dask.md); this process alone writes them
+worker processes on this machine or others (infra/README.md); this process alone writes them
 (temporary name, then rename) and the index, so a killed run resumes either way and the shards
 are the same bit for bit as a run in one process.
 """
@@ -39,7 +39,7 @@ from jointdit.data.manifest import (
 )
 from jointdit.data.shards import (
     ShardPlan,
-    build_shard,
+    build_shards,
     encode_shard,
     plan_shards,
     shard_is_current,
@@ -221,20 +221,26 @@ def cache(params: dict[str, Any]) -> dict[str, Any]:
 
     run = from_dict(CacheRun, params.get("cache"), "cache")
     encoding = encoding_key(params)
-    shards = [
-        shard
-        for split in ("train", "val")
-        for shard in plan_shards(
-            CACHE, split, [w for w in windows if w["split"] == split], params["codec"]["shard_size"]
-        )
-    ]
+    size = params["codec"]["shard_size"]
+    splits = {split: [w for w in windows if w["split"] == split] for split in ("train", "val")}
     with tqdm(total=len(windows), desc="cache", dynamic_ncols=True) as bar:
         if run.distributed:
+            shards = [
+                shard
+                for split, rows in splits.items()
+                for shard in plan_shards(CACHE, split, rows, size)
+            ]
             build_distributed(shards, params, encoding, run, bar.update)
+            entries = [shard.entry for shard in shards]
         else:
             encode = window_encoder(params)
-            for shard in shards:
-                build_shard(shard, encode, encoding, on_clip=lambda: bar.update(1))
+            entries = [
+                entry
+                for split, rows in splits.items()
+                for entry in build_shards(
+                    CACHE, split, rows, encode, size, lambda: bar.update(1), encoding
+                )
+            ]
     index = {
         "codec": codec_config(params).name,
         "conditioning": conditioning_from(params).encoder,
@@ -242,7 +248,7 @@ def cache(params: dict[str, Any]) -> dict[str, Any]:
         "clip": params["clip"],
         "clips": len(manifest) - len(rejected),
         "windows": len(windows),
-        "shards": [shard.entry for shard in shards],
+        "shards": entries,
     }
     write_index(CACHE, index)
     log.info(
@@ -250,7 +256,7 @@ def cache(params: dict[str, Any]) -> dict[str, Any]:
         len(windows),
         index["clips"],
         len(rejected),
-        len(shards),
+        len(entries),
         CACHE,
     )
     return index
