@@ -1,16 +1,14 @@
 """evaluate: one table of every metric, for the final model, its ablations and real data.
 
-Rows (systems), all sampled from the validation clips' first frames with one fixed seed per
-clip (`evaluate.seed` + i):
-- `joint-<guidance>`: the final (Stage B) model under each guidance in `evaluate.guidances`;
-  `joint-<sample.guidance>` is the default system, the one the register gate reads;
-- `iso-<baseline_guidance>`: the experts alone, no joint attention (the ablation baseline);
-- `real`: the validation clips themselves: the floor of every distance at this sample count;
-- `codec`: the validation clips through the codec and back: the best any model can do with it;
-- `shuffled`: real videos with another clip's audio: the chance level of sync.
-Every set distance is to one reference set of real training clips, so the rows compare. The
-`protocol` fingerprint names what was measured how; the register gate only compares numbers
-that share one.
+The systems and their scoring are jointdit/evaluation.py's; this stage reads the checkpoints
+and the validation clips, and writes metrics.json, the per-sample CSV, the samples and the
+MLflow run. Rows, all sampled from the validation clips' first frames with one fixed seed per
+clip (`evaluate.seed` + i): `joint-<guidance>` per guidance (`joint-<sample.guidance>` is the
+default system, the one the register gate reads), `iso-<baseline_guidance>`, and `real`,
+`codec` (the clips through the codec and back: the best any model can do with it) and
+`shuffled` (chance-level sync). Every set distance is to one reference set of real training
+clips, so the rows compare. The `protocol` fingerprint names what was measured how; the
+register gate only compares numbers that share one.
 """
 
 from __future__ import annotations
@@ -23,32 +21,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from jointdit.atomic import atomic_path
 from jointdit.checkpoint import load_checkpoint
-from jointdit.codecs import Codec
 from jointdit.config import from_dict
 from jointdit.data.manifest import WindowManifest, read_manifest
 from jointdit.data.media import display_scale, write_clip
 from jointdit.data.shards import load_split
-from jointdit.encoders.clip import ClipConfig, ClipEncoder
-from jointdit.flow import FlowConfig
-from jointdit.generate import SampleConfig, generate
-from jointdit.metrics.claims import compare
-from jointdit.metrics.desync import WINDOW_S, DeSyncScorer
-from jointdit.metrics.i3d import NUM_FRAMES, I3DEmbedder
-from jointdit.metrics.oracle import impact_times
-from jointdit.metrics.suite import (
-    Embedders,
-    Media,
-    clip_similarity,
-    sample_scores,
-    set_distances,
-    set_features,
-    summarise,
+from jointdit.evaluation import (
+    EvaluateConfig,
+    claims,
+    decode,
+    load_embedders,
+    model_systems,
+    sample_system,
+    score_system,
+    shuffled,
 )
-from jointdit.metrics.vggish import VGGishEmbedder
+from jointdit.flow import FlowConfig
+from jointdit.generate import SampleConfig
+from jointdit.metrics.oracle import impact_times
+from jointdit.metrics.suite import Embedders, Media, set_features
 from jointdit.timing import Timer
 from jointdit.training import condition_sensitivity, validation_loss
 from jointdit.viz import log_mel, sample_sheet, system_bars
@@ -80,36 +73,14 @@ HEADLINE = (
 METRIC_DEFINITIONS = 2
 
 
-def load_embedders(cfg: dict[str, str], clip: dict[str, Any]) -> Embedders:
-    """The pretrained networks whose weights params name (`evaluate.embedders`); empty paths
-    leave them out. `clip` (params' section) must be long enough for the metrics named."""
-    frames, duration_s = round(clip["duration_s"] * clip["fps"]), clip["duration_s"]
-    if cfg["i3d"] and frames < NUM_FRAMES:
-        raise ValueError(
-            f"evaluate.embedders.i3d: FVD is defined on {NUM_FRAMES}-frame clips, and "
-            f"params.clip gives {frames} frames; lengthen the clip or leave i3d empty"
-        )
-    if cfg["synchformer"] and duration_s < WINDOW_S:
-        raise ValueError(
-            f"evaluate.embedders.synchformer: DeSync is defined on {WINDOW_S:.1f}-s windows, and "
-            f"params.clip gives {duration_s:g}-s clips; lengthen the clip or leave synchformer "
-            "empty"
-        )
-    return Embedders(
-        vggish=VGGishEmbedder(Path(cfg["vggish"])) if cfg["vggish"] else None,
-        i3d=I3DEmbedder(Path(cfg["i3d"])) if cfg["i3d"] else None,
-        clip=(
-            ClipEncoder(ClipConfig(model=cfg["clip_model"], pretrained=cfg["clip_pretrained"]))
-            if cfg["clip_pretrained"]
-            else None
-        ),
-        # ~0.4 TFLOP per 0.64-s video segment, 28 segments a clip: minutes per clip on a CPU
-        synchformer=(
-            DeSyncScorer(Path(cfg["synchformer"]), "cuda" if torch.cuda.is_available() else "cpu")
-            if cfg["synchformer"]
-            else None
-        ),
-    )
+def evaluate_config(params: dict[str, Any]) -> EvaluateConfig:
+    return from_dict(EvaluateConfig, params["evaluate"], "evaluate")
+
+
+def embedders_for(cfg: EvaluateConfig, clip: dict[str, Any]) -> Embedders:
+    """The metric networks `evaluate.embedders` names, checked against params' clip length."""
+    frames = round(clip["duration_s"] * clip["fps"])
+    return load_embedders(cfg.embedders, frames, clip["duration_s"])
 
 
 def protocol(params: dict[str, Any], clips: list[dict], reference: list[dict]) -> str:
@@ -139,55 +110,22 @@ def window_name(row: dict) -> str:
     return row["path"] if row["start_s"] == 0 else f"{row['path']}@{row['start_s']}"
 
 
-def decode(codec: Codec, video: torch.Tensor, audio: torch.Tensor) -> list[Media]:
-    return [
-        (codec.decode_video(v), codec.decode_audio(a)) for v, a in zip(video, audio, strict=True)
-    ]
-
-
 def read_real(rows: list[dict], params: dict[str, Any]) -> list[Media]:
     clips = [read_normalised(RAW / row["path"], params, [row["start_s"]])[0] for row in rows]
     return [(c.frames, c.audio) for c in clips]
 
 
-def score_system(
-    media: list[Media],
-    images: list[np.ndarray] | None,
-    reference: dict[str, np.ndarray] | None,
-    params: dict[str, Any],
-    embedders: Embedders,
-) -> tuple[dict[str, float], list[dict[str, float]], list[Any]]:
-    """(table row, per-sample rows, per-sample events) of one system."""
-    fps, sr = params["clip"]["fps"], params["clip"]["sample_rate"]
-    oracle = params["evaluate"]["oracle"]
-    rows, events = [], []
-    for i, clip in enumerate(media):
-        row, ev = sample_scores(clip, fps, sr, images[i] if images else None, oracle)
-        rows.append(row)
-        events.append(ev)
-    if images and embedders.clip is not None:
-        sims = clip_similarity(embedders.clip, [f[0] for f, _ in media], images)
-        for row, sim in zip(rows, sims, strict=True):
-            row["clip_sim"] = float(sim)
-    if embedders.synchformer is not None:
-        for row, (frames, audio) in zip(rows, media, strict=True):
-            row["desync"] = embedders.synchformer.desync(frames, fps, audio, sr)
-    summary = summarise(rows)
-    if reference is not None:
-        summary.update(set_distances(set_features(media, sr, embedders), reference))
-    return summary, rows, events
-
-
 def evaluate(params: dict[str, Any]) -> dict[str, Any]:
     log = get_logger()
-    clip, ev = params["clip"], params["evaluate"]
+    clip, cfg = params["clip"], evaluate_config(params)
+    fps, sr = clip["fps"], clip["sample_rate"]
     timer = Timer()
     with timer("load_embedders"):  # first: a wrong weights file fails before any work
-        embedders = load_embedders(ev["embedders"], clip)
+        embedders = embedders_for(cfg, clip)
     codec = codec_from(params)
     flow = from_dict(FlowConfig, params["flow"], "flow")
     val = load_split(CACHE, "val")
-    n = min(ev["num_samples"], len(val.clips))
+    n = min(cfg.num_samples, len(val.clips))
     image, text = val.batch.image[:n], val.batch.text[:n]
     embedding = None if val.batch.image_embedding is None else val.batch.image_embedding[:n]
     frames, audio_frames = val.batch.video.shape[1], val.batch.audio.shape[-1]
@@ -214,48 +152,32 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
         real = read_real(val.clips[:n], params)
         train_rows = read_manifest(CACHE / "windows.csv", WindowManifest)
         train_rows = train_rows[train_rows["split"] == "train"].to_dict("records")
-        reference_media = read_real(train_rows[: ev["num_reference"]], params)
+        reference_media = read_real(train_rows[: cfg.num_reference], params)
     if min(n, len(reference_media)) < 2:  # a covariance needs two samples
         raise ValueError(
             f"evaluate needs at least 2 validation and 2 training clips, has {n} and "
             f"{len(reference_media)}: raise evaluate.num_samples / num_reference or add clips"
         )
     with timer("embed_reference"):
-        reference = set_features(reference_media, clip["sample_rate"], embedders)
+        reference = set_features(reference_media, sr, embedders)
     images = [f[0] for f, _ in real]
 
     sample_cfg = dataclasses.replace(
-        from_dict(SampleConfig, params["sample"], "sample"), seed=ev["seed"]
+        from_dict(SampleConfig, params["sample"], "sample"), seed=cfg.seed
     )
-    runs = [(f"joint-{g}", final, g, False) for g in dict.fromkeys(ev["guidances"])]
-    runs.append((f"iso-{ev['baseline_guidance']}", experts, ev["baseline_guidance"], True))
+    systems = model_systems(final, experts, cfg, sample_cfg.guidance)
     default_system = f"joint-{sample_cfg.guidance}"
-    if default_system not in {name for name, *_ in runs}:
-        raise ValueError(
-            f"params: sample.guidance {sample_cfg.guidance!r} is not in "
-            f"evaluate.guidances {ev['guidances']}"
-        )
     media = {
         "real": real,
         "codec": decode(codec, val.batch.video[:n], val.batch.audio[:n]),
-        "shuffled": [(f, real[(i + 1) % n][1]) for i, (f, _) in enumerate(real)],
+        "shuffled": shuffled(real),
     }
-    for name, model, guidance, experts_only in runs:
+    for system in systems:
         with timer("generate"):
-            cfg = dataclasses.replace(sample_cfg, guidance=guidance)
-            latents = generate(
-                model,
-                image,
-                text,
-                frames,
-                audio_frames,
-                cfg,
-                experts_only,
-                image_embedding=embedding,
+            media[system.name] = sample_system(
+                system, image, text, frames, audio_frames, sample_cfg, codec, embedding
             )
-        with timer("decode"):
-            media[name] = decode(codec, *latents)
-        log.info("evaluate: sampled %s (%d clips)", name, n)
+        log.info("evaluate: sampled %s (%d clips)", system.name, n)
 
     table, per_sample, events, scores = {}, [], {}, {}
     with timer("score"):
@@ -264,7 +186,9 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
                 clips,
                 None if name in ("real", "shuffled") else images,  # real: frame 0 *is* the image
                 None if name == "shuffled" else reference,  # same sets as `real`
-                params,
+                fps,
+                sr,
+                cfg.oracle,
                 embedders,
             )
             scores[name] = rows
@@ -273,14 +197,14 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
                     {
                         "system": name,
                         "clip": i,
-                        "seed": ev["seed"] + i,
+                        "seed": cfg.seed + i,
                         "caption": val.clips[i]["caption"],
                         **row,
                     }
                 )
 
     metrics = {
-        "protocol": protocol(params, val.clips[:n], train_rows[: ev["num_reference"]]),
+        "protocol": protocol(params, val.clips[:n], train_rows[: cfg.num_reference]),
         "n_samples": n,
         "n_reference": len(reference_media),
         "default_system": default_system,
@@ -288,29 +212,13 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
         "val_loss": val_loss,
         "condition_sensitivity": sensitivity,
         "systems": table,
-        "claims": claims(scores, default_system, ev),
+        "claims": claims(scores, default_system, cfg),
     }
     with timer("write"):
-        write_reports(metrics, per_sample, media, events, val.clips, params)
+        write_reports(metrics, per_sample, media, events, val.clips, clip, cfg)
     log.info("evaluate: seconds per phase %s", {k: round(v, 1) for k, v in timer.seconds.items()})
     log_to_mlflow(params, metrics, timer.seconds)
     return metrics
-
-
-def claims(
-    scores: dict[str, list[dict[str, float]]], default_system: str, ev: dict[str, Any]
-) -> list[dict[str, Any]]:
-    """The paper's two claims on this run, clip by clip on `evaluate.claim_metric`: the joint
-    model beats its experts (the iso baseline), and JointCFG beats no guidance."""
-    metric = ev["claim_metric"]
-    pairs = [(default_system, f"iso-{ev['baseline_guidance']}"), ("joint-jointcfg", "joint-none")]
-    return [
-        compare(
-            a, b, metric, [r[metric] for r in scores[a]], [r[metric] for r in scores[b]]
-        ).to_dict()
-        for a, b in pairs
-        if a in scores and b in scores and metric in scores[a][0]
-    ]
 
 
 def write_reports(
@@ -319,10 +227,11 @@ def write_reports(
     media: dict[str, list[Media]],
     events: dict[str, list[Any]],
     clips: list[dict],
-    params: dict[str, Any],
+    clip: dict[str, Any],
+    cfg: EvaluateConfig,
 ) -> None:
-    """metrics.json, the per-sample CSV, the DVC plot table, sample clips and sync sheets."""
-    clip, ev = params["clip"], params["evaluate"]
+    """metrics.json, the per-sample CSV, the DVC plot table, sample clips and sync sheets;
+    `clip` is params' section (the clips' rate and length)."""
     fps, sr = clip["fps"], clip["sample_rate"]
     table = metrics["systems"]
     write_json(REPORTS / "metrics.json", metrics)
@@ -341,7 +250,7 @@ def write_reports(
         next(s for s in table if s.startswith("iso-")): "iso",
         "real": "real",
     }
-    for i in range(min(ev["num_media"], metrics["n_samples"])):
+    for i in range(min(cfg.num_media, metrics["n_samples"])):
         for system, label in shown.items():
             f, a = media[system][i]
             scale = display_scale(*f.shape[1:3])
@@ -356,13 +265,13 @@ def write_reports(
     # Contact sheets of the default system's best and worst clips by sync, events drawn.
     sync = [r["av_align"] for r in per_sample if r["system"] == default]
     order = np.argsort(sync, kind="stable")
-    picks = {"worst": order[: ev["num_sheets"]], "best": order[::-1][: ev["num_sheets"]]}
+    picks = {"worst": order[: cfg.num_sheets], "best": order[::-1][: cfg.num_sheets]}
     for kind, indices in picks.items():
         for rank, i in enumerate(indices):
             f, a = media[default][i]
             e = events[default][i]
             marks = {"audio onsets": e.onsets, "video peaks": e.peaks}
-            if ev["oracle"]:
+            if cfg.oracle:
                 marks["tracked impacts"] = impact_times(f, fps)
             sample_sheet(
                 f,

@@ -40,6 +40,7 @@ from jointdit.codecs import Codec
 from jointdit.config import from_dict
 from jointdit.data.manifest import WindowManifest, read_manifest
 from jointdit.data.shards import load_split
+from jointdit.evaluation import System, sample_system, score_system
 from jointdit.finetune import (
     ADAPTER_PARAMETERS,
     AdapterConfig,
@@ -49,14 +50,14 @@ from jointdit.finetune import (
     save_adapters,
 )
 from jointdit.flow import FlowConfig
-from jointdit.generate import SampleConfig, generate
+from jointdit.generate import SampleConfig
 from jointdit.metrics.suite import set_features
 from jointdit.model.joint import JointBackboneModel
 from jointdit.model.jointdit import JointDiT
 from jointdit.training import TrainConfig, train, validation_loss
 from jointdit.viz import loss_curve
 from tasks.encoding import codec_from
-from tasks.evaluate import decode, load_embedders, protocol, read_real, score_system
+from tasks.evaluate import embedders_for, evaluate_config, protocol, read_real
 from tasks.logs import get_logger
 from tasks.mlflow_runs import mlflow_run, resolve_tracking_uri
 from tasks.model_config import model_config
@@ -224,33 +225,34 @@ def compare(params: dict[str, Any], models: dict[str, Model]) -> dict[str, Any]:
     """Each model's row (sampled under sample.guidance from the validation clips' first frames,
     clip i from seed evaluate.seed + i, as `evaluate` does), `real` as the floor, and each
     model's validation loss; the first model's row is the default system."""
-    clip, ev = params["clip"], params["evaluate"]
-    embedders = load_embedders(ev["embedders"], clip)
+    clip, ev = params["clip"], evaluate_config(params)
+    fps, sr = clip["fps"], clip["sample_rate"]
+    embedders = embedders_for(ev, clip)
     codec = codec_from(params)
     flow = from_dict(FlowConfig, params["flow"], "flow")
     val = load_split(CACHE, "val")
-    n = min(ev["num_samples"], len(val.clips))
+    n = min(ev.num_samples, len(val.clips))
     if n < 2:
         raise ValueError(f"finetune: {n} validation clip(s); the distances need at least 2")
     batch = val.batch
     embedding = None if batch.image_embedding is None else batch.image_embedding[:n]
     real = read_real(val.clips[:n], params)
     rows = read_manifest(CACHE / "windows.csv", WindowManifest)
-    reference_rows = rows[rows["split"] == "train"].to_dict("records")[: ev["num_reference"]]
-    reference = set_features(read_real(reference_rows, params), clip["sample_rate"], embedders)
+    reference_rows = rows[rows["split"] == "train"].to_dict("records")[: ev.num_reference]
+    reference = set_features(read_real(reference_rows, params), sr, embedders)
     images = [f[0] for f, _ in real]
     sample = from_dict(SampleConfig, params["sample"], "sample")
-    sample = dataclasses.replace(sample, seed=ev["seed"])
-    systems = {"real": score_system(real, None, reference, params, embedders)[0]}
+    sample = dataclasses.replace(sample, seed=ev.seed)
+    systems = {"real": score_system(real, None, reference, fps, sr, ev.oracle, embedders)[0]}
     val_loss = {}
     for name, model in models.items():
-        video, audio = generate(
-            model, batch.image[:n], batch.text[:n], batch.video.shape[1], batch.audio.shape[-1],
-            sample, image_embedding=embedding,
+        system = System(name, model, sample.guidance, experts_only=False)
+        media = sample_system(
+            system, batch.image[:n], batch.text[:n], batch.video.shape[1], batch.audio.shape[-1],
+            sample, codec, embedding,
         )  # fmt: skip
-        media = decode(codec, video, audio)
         systems[f"{name}-{sample.guidance}"] = score_system(
-            media, images, reference, params, embedders
+            media, images, reference, fps, sr, ev.oracle, embedders
         )[0]
         val_loss[name] = validation_loss(model, batch, flow)["loss"]
     return {

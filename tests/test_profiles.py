@@ -137,6 +137,7 @@ def test_config_defaults_agree_with_params_yaml():
     from jointdit.conditioning import ConditioningConfig
     from jointdit.data.manifest import ValidationConfig
     from jointdit.data.synthetic import SyntheticConfig
+    from jointdit.evaluation import EvaluateConfig
     from jointdit.flow import FlowConfig
     from jointdit.generate import SampleConfig
     from jointdit.model.jointdit import JointDiTConfig
@@ -152,6 +153,7 @@ def test_config_defaults_agree_with_params_yaml():
         (JointDiTConfig, p["model"], "model"),
         (FlowConfig, p["flow"], "flow"),
         (SampleConfig, p["sample"], "sample"),
+        (EvaluateConfig, p["evaluate"], "evaluate"),
         (GateConfig, p["register"]["gate"], "register.gate"),
         (CacheRun, p["cache"], "cache"),
     ]
