@@ -41,6 +41,21 @@ def _toml(path: Path) -> dict:
         return {}
 
 
+class _SampleHelp(argparse.HelpFormatter):
+    """Fills in the guidance presets and the samplers from where they are defined, imported
+    only when help is printed: their modules import torch, which costs seconds."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        if text and ("{presets}" in text or "{samplers}" in text):
+            from jointdit.guidance import PRESETS
+            from jointdit.sampling import SAMPLERS
+
+            text = text.replace("{presets}", " | ".join(sorted(PRESETS)))
+            text = text.replace("{samplers}", " | ".join(SAMPLERS))
+        return text
+
+
 def main(argv: list[str] | None = None) -> None:
     # At exit the interpreter's teardown runs full garbage collections over every object
     # torch, MLflow and SQLAlchemy made (seconds: the largest cost after the imports and the
@@ -49,13 +64,17 @@ def main(argv: list[str] | None = None) -> None:
     atexit.register(gc.freeze)
     parser = argparse.ArgumentParser(prog="jointdit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("sample", help="image (+ prompt) -> MP4 with audio, WAV and PNG")
+    s = sub.add_parser(
+        "sample",
+        help="image (+ prompt) -> MP4 with audio, WAV and PNG",
+        formatter_class=_SampleHelp,
+    )
     s.add_argument("--image", required=True)
     s.add_argument("--prompt", default="")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--steps", type=int)
-    s.add_argument("--guidance", help="none | cfg | jointcfg (default: the model's)")
-    s.add_argument("--sampler", help="euler | heun (default: the model's)")
+    s.add_argument("--guidance", help="{presets} (default: the model's)")
+    s.add_argument("--sampler", help="{samplers} (default: the model's)")
     s.add_argument("--model-uri", help="default: models:/jointdit@champion")
     s.add_argument("--out-dir", default="outputs")
     s.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")

@@ -72,6 +72,19 @@ def test_cli_without_a_prefect_api_neither_imports_prefect_nor_starts_a_server(
     assert not (tmp_path / "prefect-home").exists()  # ...and Prefect never came near
 
 
+def test_cli_help_lists_every_guidance_preset_and_sampler(capsys):
+    # read from where they are defined, so a new preset or sampler shows up without an edit here
+    from flows.cli import main
+    from jointdit.guidance import PRESETS
+    from jointdit.sampling import SAMPLERS
+
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"--guidance GUIDANCE {' | '.join(sorted(PRESETS))} (default: the model's)" in text
+    assert f"--sampler SAMPLER {' | '.join(SAMPLERS)} (default: the model's)" in text
+
+
 def test_cli_with_a_prefect_api_runs_the_sample_flow(registered, prefect_server, tmp_path):
     image = tmp_path / "drawn.png"
     image.write_bytes(png_bytes())
