@@ -44,11 +44,6 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 @pytest.fixture
-def tiny_cfg() -> JointDiTConfig:
-    return TINY
-
-
-@pytest.fixture
 def tiny_model() -> JointDiT:
     torch.manual_seed(0)
     return randomize(JointDiT(TINY)).eval()

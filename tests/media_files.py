@@ -33,6 +33,13 @@ def picture(k: int, width: int, height: int) -> np.ndarray:
     return frame
 
 
+def grey_frames(levels: np.ndarray, height: int = 32, width: int = 48) -> np.ndarray:
+    """Flat frames of the given grey levels: frame identity survives lossy coding."""
+    return np.broadcast_to(
+        np.asarray(levels, np.uint8)[:, None, None, None], (len(levels), height, width, 3)
+    ).copy()
+
+
 def tone(seconds: float, rate: int, channels: int, loud_from_s: float = 0.0) -> np.ndarray:
     """A 440 Hz tone (0.3 peak: -13.5 dBFS RMS) from loud_from_s on, digital silence before."""
     t = np.arange(round(seconds * rate)) / rate

@@ -18,7 +18,6 @@ from jointdit.checkpoint import load_checkpoint, save_checkpoint
 from jointdit.flow import Batch, FlowConfig
 from jointdit.generate import SampleConfig, generate
 from jointdit.model.joint import (
-    BackboneModelConfig,
     JointBackboneModel,
     build_model,
     load_backbone_model,
@@ -29,6 +28,7 @@ from jointdit.training import TrainConfig, train
 from tests.conftest import TINY, randomize, tiny_inputs
 from tests.dit_view import jointdit_view
 from tests.pretrained_fixtures import AUDIOLDM_TINY, SCHEDULER, SVD_TINY, snapshot
+from tests.tiny_backbones import CONTEXT, MODEL_CFG, audio_batch, joint_inputs, video_batch
 
 # a plain text-conditioned UNet2DConditionModel: no class embedding, one cross_attention_dim
 UNET2D_TINY = dict(
@@ -38,18 +38,8 @@ UNET2D_TINY = dict(
     projection_class_embeddings_input_dim=None,
     class_embeddings_concat=False,
 )
-CONTEXT = 20
-MODEL_CFG = BackboneModelConfig(
-    svd=SVDConfig(video_fps=4.0),
-    audioldm=AudioLDMConfig(audio_frame_rate=8.0),
-    joint_head_dim=16,
-    context_dim=CONTEXT,
-    text_vocab=50,
-    text_len=4,
-    image_embed_dim=6,
-    audio_channels=8,
-    audio_bins=4,
-)
+
+
 @pytest.fixture(scope="module")
 def snapshots(tmp_path_factory):
     root = tmp_path_factory.mktemp("backbones")
@@ -60,15 +50,6 @@ def snapshots(tmp_path_factory):
         ),
         "unet2d": snapshot(root / "unet2d", UNet2DConditionModel, UNET2D_TINY, 2),
     }
-
-
-def video_batch(b=2, frames=3, h=4, w=6, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, frames, 4, h, w, generator=g), torch.randn(b, 4, h, w, generator=g)
-
-
-def audio_batch(b=2, f=4, length=6, seed=1):
-    return torch.randn(b, 8, f, length, generator=torch.Generator().manual_seed(seed))
 
 
 def context(b=2, n=3, seed=2):
@@ -200,20 +181,6 @@ def joint_model(snapshots):
 def fresh_copy(model):
     """A copy of the module-scoped joint model, which the tests leave untouched."""
     return copy.deepcopy(model)
-
-
-def joint_inputs(b=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    video, image = video_batch(b, seed=seed)
-    return dict(
-        video=video,
-        audio=audio_batch(b, seed=seed + 1),
-        t_video=torch.rand(b, generator=g),
-        t_audio=torch.rand(b, generator=g),
-        image=image,
-        text=torch.randint(1, 50, (b, 4), generator=g),
-        image_embedding=torch.randn(b, 6, generator=g),
-    )
 
 
 def open_joint_layers(model, seed=7):

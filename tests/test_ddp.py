@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
 
 from jointdit.distributed import process_group
@@ -26,6 +25,7 @@ from jointdit.model.jointdit import JointDiT
 from jointdit.training import TrainConfig, train
 from tasks.train import launch_command, train_stage
 from tests.conftest import TINY, randomize, tiny_batch
+from tests.tiny_training import tiny_stage_workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -139,35 +139,6 @@ def test_killed_two_process_run_resumes_to_the_unbroken_weights(two_processes, t
         assert _max_abs_diff(a, b) == 0.0
 
 
-def _tiny_stage_workspace(root: Path) -> dict:
-    """A workspace with a tiny latent cache, and params for a tiny `experts` stage in it."""
-    from jointdit.data.shards import write_index, write_shard
-    from tasks.encoding import codec_from
-
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["mlflow"] = {"tracking_uri": "sqlite:///mlflow.db", "experiment": "ddp"}
-    params["model"].update(dim=32, depth=1, heads=2, text_vocab=64, text_len=6)
-    # float32: two processes make one process's update up to float32 rounding (bf16 autocast
-    # would round each process's half batch differently)
-    params["experts"].update(steps=4, batch_size=4, warmup_steps=1, eval_every=2, bf16=False)
-    codec = codec_from(params)
-    g = torch.Generator().manual_seed(0)
-    entries = []
-    (root / "data/cache").mkdir(parents=True)
-    for split, n in (("train", 6), ("val", 2)):
-        video = torch.randn(n, 2, codec.video_channels, 4, 4, generator=g)
-        tensors = {
-            "video": video,
-            "audio": torch.randn(n, codec.audio_channels, codec.audio_bins, 8, generator=g),
-            "image": video[:, 0].clone(),
-            "text": torch.randint(1, 64, (n, 6), generator=g),
-        }
-        write_shard(root / "data/cache" / f"{split}-0000.safetensors", tensors, [{}] * n)
-        entries.append({"file": f"{split}-0000.safetensors", "split": split, "clips": n})
-    write_index(root / "data/cache", {"shards": entries})
-    return params
-
-
 def test_the_launch_command_reruns_the_stage_under_torchrun():
     command = launch_command("stage_a", Path("/tmp/p.yaml"), 4)
     assert Path(command[0]).name == "torchrun" and Path(command[0]).is_file()
@@ -185,7 +156,7 @@ def test_a_stage_with_two_processes_trains_the_one_process_model(tmp_path, monke
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the torchrun processes import tasks.train
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    params = _tiny_stage_workspace(tmp_path)
+    params = tiny_stage_workspace(tmp_path)
     # absolute: MLflow caches a store per URI, so a relative one would reach another test's db
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     params["mlflow"]["tracking_uri"] = uri

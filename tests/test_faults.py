@@ -33,6 +33,7 @@ from jointdit.data.shards import shard_clips
 from jointdit.model.jointdit import JointDiT
 from tasks.params import load_params
 from tests.conftest import TINY, randomize
+from tests.raw_clips import make_raw
 from tests.servers import (
     REPO,
     child_env,
@@ -42,9 +43,13 @@ from tests.servers import (
     start_mlflow,
     tiny_workspace,
 )
-from tests.test_ddp import _tiny_stage_workspace
-from tests.test_resume import CFG, Stop, _assert_same_model, _run
-from tests.test_windows import make_raw
+from tests.tiny_training import (
+    TINY_TRAIN,
+    Stop,
+    assert_same_model,
+    run_tiny,
+    tiny_stage_workspace,
+)
 
 # -- SIGKILL during cache ---------------------------------------------------------------------
 
@@ -240,7 +245,7 @@ def test_tracking_server_killed_during_the_final_upload_loses_neither_model_nor_
     tmp_path,
 ):
     ws = tmp_path / "ws"
-    params = _tiny_stage_workspace(ws)
+    params = tiny_stage_workspace(ws)
     params["torch_threads"] = 1
     # 4 steps, checkpoints every 3: the step-4 checkpoint is the one written at the end
     params["experts"].update(checkpoint_every=3)
@@ -355,10 +360,10 @@ def test_two_register_runs_at_once_keep_the_aliases_consistent(tmp_path, fresh_s
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(
     tmp_path, monkeypatch, failing
 ):
-    cfg = dataclasses.replace(CFG, steps=6, checkpoint_every=3)
-    unbroken, _ = _run(None, cfg)
+    cfg = dataclasses.replace(TINY_TRAIN, steps=6, checkpoint_every=3)
+    unbroken, _ = run_tiny(None, cfg)
     with pytest.raises(Stop):
-        _run(tmp_path, cfg, stop_after=4)  # the step-3 checkpoint is on disk
+        run_tiny(tmp_path, cfg, stop_after=4)  # the step-3 checkpoint is on disk
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
 
     def full(path: Path, data: bytes) -> None:
@@ -381,7 +386,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(
             else real(self, text, *a, **k),
         )
     with pytest.raises(OSError, match="No space left on device") as err:
-        _run(tmp_path, cfg)
+        run_tiny(tmp_path, cfg)
     message = str(err.value)
     assert "step-00000006.json" in message and "step 3 is still the newest" in message
     assert err.value.errno == errno.ENOSPC
@@ -390,9 +395,9 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(
     monkeypatch.undo()
 
     logged: list[int] = []
-    model, _ = _run(tmp_path, cfg, log=lambda step, rec: logged.append(step))
+    model, _ = run_tiny(tmp_path, cfg, log=lambda step, rec: logged.append(step))
     assert logged == [4, 5, 6]  # resumed from step 3
-    _assert_same_model(model, unbroken)
+    assert_same_model(model, unbroken)
 
 
 # -- a model checkpoint edited by hand --------------------------------------------------------

@@ -33,7 +33,7 @@ from tasks.finetune import finetune_config
 from tasks.profiles import load_profile
 from tests.conftest import randomize, tiny_inputs
 from tests.pretrained_fixtures import AUDIOLDM_TINY, SVD_TINY
-from tests.test_backbones import MODEL_CFG, joint_inputs
+from tests.tiny_backbones import MODEL_CFG, joint_inputs
 
 DIT_TARGETS = ("blocks.*.joint.*", "blocks.*.video_expert.attn.*", "blocks.*.audio_expert.attn.*")
 REPO = Path(__file__).resolve().parent.parent

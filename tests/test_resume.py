@@ -20,70 +20,38 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from jointdit.flow import FlowConfig
 from jointdit.model.jointdit import JointDiT
 from jointdit.train_state import restore_state
-from jointdit.training import TrainConfig, train
-from tests.conftest import TINY, tiny_batch
+from tests.conftest import TINY
+from tests.tiny_training import TINY_TRAIN, Stop, assert_same_model, run_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
-CFG = TrainConfig(
-    steps=7, batch_size=4, lr=3e-3, warmup_steps=2, eval_every=3, checkpoint_every=3,
-    ema_decay=0.9,
-)  # fmt: skip
-
-
-class Stop(Exception):
-    """Raised from the log callback: the run dies after that step, like a crash."""
-
-
-def _run(
-    resume_dir: Path | None, cfg: TrainConfig = CFG, stop_after: int | None = None, log=None
-) -> tuple[JointDiT, list[dict[str, float]]]:
-    torch.manual_seed(0)
-    model = JointDiT(TINY)
-
-    def on_step(step: int, record: dict[str, float]) -> None:
-        if log is not None:
-            log(step, record)
-        if step == stop_after:
-            raise Stop
-
-    history = train(
-        model, tiny_batch(), tiny_batch(), cfg, FlowConfig(), on_step, False, resume_dir
-    )
-    return model, history
-
-
-def _assert_same_model(a: JointDiT, b: JointDiT) -> None:
-    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
-        assert torch.equal(x, y), name
 
 
 @pytest.fixture(scope="module")
 def unbroken() -> tuple[JointDiT, list[dict[str, float]]]:
-    return _run(None)
+    return run_tiny(None)
 
 
 # before the first checkpoint, at one, just after and between checkpoints (every 3 steps)
 @pytest.mark.parametrize(("crash_at", "resumed_at"), [(2, 0), (3, 3), (4, 3), (5, 3), (6, 6)])
 def test_stopped_run_resumes_to_the_same_weights(tmp_path, unbroken, crash_at, resumed_at):
     with pytest.raises(Stop):
-        _run(tmp_path, stop_after=crash_at)
+        run_tiny(tmp_path, stop_after=crash_at)
     logged: list[int] = []
-    model, history = _run(tmp_path, log=lambda step, rec: logged.append(step))
-    assert logged == list(range(resumed_at + 1, CFG.steps + 1))
-    _assert_same_model(model, unbroken[0])  # EMA weights: they are the final model
+    model, history = run_tiny(tmp_path, log=lambda step, rec: logged.append(step))
+    assert logged == list(range(resumed_at + 1, TINY_TRAIN.steps + 1))
+    assert_same_model(model, unbroken[0])  # EMA weights: they are the final model
     assert history == unbroken[1]
 
 
 def test_checkpoint_holds_the_uninterrupted_optimizer_and_ema_state(tmp_path):
     """Checkpoints of a resumed run equal those of an unbroken run, tensor for tensor."""
     unbroken_dir, resumed_dir = tmp_path / "a", tmp_path / "b"
-    _run(unbroken_dir)
+    run_tiny(unbroken_dir)
     with pytest.raises(Stop):
-        _run(resumed_dir, stop_after=4)
-    _run(resumed_dir)
+        run_tiny(resumed_dir, stop_after=4)
+    run_tiny(resumed_dir)
     name = "step-00000006.safetensors"
     assert sorted(p.name for p in resumed_dir.iterdir()) == sorted(
         p.name for p in unbroken_dir.iterdir()
@@ -96,8 +64,8 @@ def test_checkpoint_holds_the_uninterrupted_optimizer_and_ema_state(tmp_path):
 
 
 def test_checkpointing_changes_nothing(tmp_path, unbroken):
-    model, history = _run(tmp_path)
-    _assert_same_model(model, unbroken[0])
+    model, history = run_tiny(tmp_path)
+    assert_same_model(model, unbroken[0])
     assert history == unbroken[1]
 
 
@@ -108,8 +76,8 @@ def _restore(directory: Path) -> tuple[int, list[dict[str, float]]] | None:
 
 
 def test_hand_edited_checkpoints_are_refused(tmp_path):
-    cfg = dataclasses.replace(CFG, steps=3, ema_decay=0.0)
-    _run(tmp_path / "ok", cfg)
+    cfg = dataclasses.replace(TINY_TRAIN, steps=3, ema_decay=0.0)
+    run_tiny(tmp_path / "ok", cfg)
     src = tmp_path / "ok"
     # broken files, and well-formed ones with other numbers (caught by the checksums)
     for case in ("header", "shape", "json", "tensor value", "json value"):
@@ -136,7 +104,7 @@ def test_hand_edited_checkpoints_are_refused(tmp_path):
         else:
             state.write_text(state.read_text()[:-20])
         with pytest.raises(ValueError, match="step-00000003") as err:
-            _run(d, cfg)
+            run_tiny(d, cfg)
         assert ("not a readable" if case == "json" else "damaged") in str(err.value)
         if case.endswith("value"):
             assert "edited" in str(err.value)
@@ -144,21 +112,21 @@ def test_hand_edited_checkpoints_are_refused(tmp_path):
 
 def test_leftover_temporary_file_is_ignored_and_removed(tmp_path, unbroken):
     with pytest.raises(Stop):
-        _run(tmp_path, stop_after=4)
+        run_tiny(tmp_path, stop_after=4)
     # a run killed while writing the step-6 checkpoint leaves this behind
     part = tmp_path / ".step-00000006.json.0123abcd.part"
     part.write_text('{"step": 6, "trunc')
-    model, _ = _run(tmp_path)
-    _assert_same_model(model, unbroken[0])
+    model, _ = run_tiny(tmp_path)
+    assert_same_model(model, unbroken[0])
     assert not part.exists()
 
 
 def test_checkpoints_of_another_run_are_discarded(tmp_path):
     with pytest.raises(Stop):
-        _run(tmp_path, stop_after=4)
+        run_tiny(tmp_path, stop_after=4)
     logged: list[int] = []
-    other = dataclasses.replace(CFG, lr=1e-3)
-    _run(tmp_path, other, log=lambda step, rec: logged.append(step))
+    other = dataclasses.replace(TINY_TRAIN, lr=1e-3)
+    run_tiny(tmp_path, other, log=lambda step, rec: logged.append(step))
     assert logged[0] == 1  # started over: a resumed lr=3e-3 run is not an lr=1e-3 run
     # the new run's own: every 3 steps and the last one, the newest two kept
     assert sorted(p.name for p in tmp_path.glob("*.json")) == [
@@ -173,10 +141,10 @@ def test_no_checkpoint_means_a_fresh_start(tmp_path):
 
 def test_gradient_accumulation_gives_the_same_update():
     """Two and four micro-batches of a batch of 4: the same steps as the whole batch at once."""
-    cfg = dataclasses.replace(CFG, steps=3, ema_decay=0.0)
-    whole, history = _run(None, cfg)
+    cfg = dataclasses.replace(TINY_TRAIN, steps=3, ema_decay=0.0)
+    whole, history = run_tiny(None, cfg)
     for accum in (2, 4):
-        split, split_history = _run(None, dataclasses.replace(cfg, grad_accum=accum))
+        split, split_history = run_tiny(None, dataclasses.replace(cfg, grad_accum=accum))
         for (name, x), y in zip(
             whole.state_dict().items(), split.state_dict().values(), strict=True
         ):
@@ -217,14 +185,14 @@ def test_sigkilled_run_resumes_to_the_same_weights(tmp_path):
 def main(resume: str, out: str, sleep_s: str) -> None:
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
-    cfg = dataclasses.replace(CFG, steps=12, checkpoint_every=2)
+    cfg = dataclasses.replace(TINY_TRAIN, steps=12, checkpoint_every=2)
     logged: list[int] = []
 
     def on_step(step: int, record: dict[str, float]) -> None:
         logged.append(step)
         time.sleep(float(sleep_s))
 
-    model, _ = _run(Path(resume), cfg, log=on_step)
+    model, _ = run_tiny(Path(resume), cfg, log=on_step)
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, out, {"first_step": str(logged[0])})
 

@@ -7,7 +7,6 @@ import json
 import re
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import av
 import numpy as np
@@ -30,25 +29,10 @@ from jointdit.data.windows import plan_windows
 from tasks import cache as cache_task
 from tasks.encoding import codec_from
 from tasks.params import load_params
-from tests.media_files import write
+from tests.media_files import clicks, grey_frames, write
+from tests.raw_clips import SR, make_raw, validated_row
 
-SR = 16000
 CLICKS_S = (0.3, 1.25, 2.6, 3.1, 4.45, 5.7, 6.2, 7.85, 8.9, 9.6)  # gaps unlike the 1 s hop
-
-
-def grey_frames(levels: np.ndarray, height: int = 32, width: int = 48) -> np.ndarray:
-    """Flat frames of the given grey levels: frame identity survives lossy coding."""
-    return np.broadcast_to(
-        np.asarray(levels, np.uint8)[:, None, None, None], (len(levels), height, width, 3)
-    ).copy()
-
-
-def clicks(seconds: float, sample_rate: int, times: tuple[float, ...], channels: int = 1):
-    audio = np.zeros((channels, round(seconds * sample_rate)), np.float32)
-    for t in times:
-        if t < seconds:
-            audio[:, round(t * sample_rate)] = 0.9
-    return audio
 
 
 def peaks(audio: np.ndarray, count: int, sample_rate: int = SR) -> list[float]:
@@ -426,45 +410,6 @@ def test_a_large_file_streams_in_bounded_memory(tmp_path):
 
 
 # -- the cache stage --------------------------------------------------------------------------
-
-
-def make_raw(root: Path, durations: list[float]) -> list[dict]:
-    """Clips under root/data/raw and their validated-manifest rows (all in train)."""
-    rows = []
-    for i, seconds in enumerate(durations):
-        rel = f"clips/c{i}.mp4"
-        (root / "data/raw/clips").mkdir(parents=True, exist_ok=True)
-        n = round(seconds * 8)
-        write_clip(
-            root / "data/raw" / rel,
-            grey_frames(np.arange(n) * 5 % 250, 16, 16),
-            8.0,
-            clicks(seconds, SR, (0.5, 2.5)),
-            SR,
-        )
-        rows.append(
-            validated_row(rel, i, seconds, caption=f"clip {i}", events=json.dumps([0.5, 2.5]))
-        )
-    return rows
-
-
-def validated_row(path: str, i: int, seconds: float, **columns: Any) -> dict:
-    """A validated-manifest row of a 16x16, 8 fps, mono clip in train."""
-    return {
-        "path": path,
-        "sha256": f"{i:064x}",
-        "duration_s": seconds,
-        "fps": 8.0,
-        "width": 16,
-        "height": 16,
-        "sample_rate": SR,
-        "channels": 1,
-        "has_audio": True,
-        "caption": "",
-        "events": "",
-        "split": "train",
-        **columns,
-    }
 
 
 def test_plan_shifts_events_and_keeps_the_clip_split():
