@@ -39,7 +39,7 @@ from jointdit.data.windows import plan_windows
 from jointdit.text import tokenize
 from jointdit.timing import Timer
 from tasks.encoding import codec_from
-from tasks.params import load_params
+from tasks.params import clip_spec, load_params
 
 WIDTH, HEIGHT, FPS, RATE = 640, 360, 30, 48000
 
@@ -93,7 +93,7 @@ def cache_path(
 ) -> tuple[Timer, int]:
     """(phases, windows): every whole window of each file through read_windows, the codec and
     one shard per file."""
-    clip, model = params["clip"], params["model"]
+    spec, model = clip_spec(params), params["model"]
     codec = codec_from(params)
     phases, count = Timer(), 0
     with contextlib.ExitStack() as stack:
@@ -107,17 +107,9 @@ def cache_path(
             stack.callback(setattr, owner, attr, original)
         for i, path in enumerate(files):
             duration = media.probe(path).duration_s
-            starts = plan_windows(duration, clip["duration_s"], hop, 10**9)
+            starts = plan_windows(duration, spec.duration_s, hop, 10**9)
             with phases("read_windows"):
-                windows = media.read_windows(
-                    path,
-                    starts,
-                    clip["fps"],
-                    clip["width"],
-                    clip["height"],
-                    clip["sample_rate"],
-                    clip["duration_s"],
-                )
+                windows = media.read_windows(path, starts, spec)
             items = []
             for w in windows:
                 with phases("video encode"):

@@ -23,6 +23,7 @@ import torch
 
 from jointdit.codecs.hifigan import HiFiGANAudioCodec, HiFiGANCodecConfig
 from jointdit.data.media import probe, read_windows
+from jointdit.data.windows import ClipSpec
 from jointdit.metrics.spectral import log_mel_distance, log_spectral_distance
 
 RATE = 22050
@@ -41,7 +42,9 @@ def main() -> None:
     waves = []
     for clip in clips:
         middle = max(0.0, probe(clip).duration_s / 2 - args.seconds / 2)
-        window = read_windows(clip, [middle], 8.0, 16, 16, RATE, args.seconds)[0]
+        window = read_windows(
+            clip, [middle], ClipSpec(args.seconds, fps=8.0, width=16, height=16, sample_rate=RATE)
+        )[0]
         waves.append(window.audio)
     rows = {}
     for vocoder in ("griffin-lim", "hifigan"):

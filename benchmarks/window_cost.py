@@ -21,7 +21,7 @@ import av
 import torch
 
 from jointdit.data.media import DecodeCost, probe, read_windows
-from jointdit.data.windows import plan_windows
+from jointdit.data.windows import ClipSpec, plan_windows
 
 
 def front_to_back(path: Path, until_s: float) -> tuple[int, float, float]:
@@ -54,7 +54,12 @@ def main() -> None:
     starts = plan_windows(info.duration_s, args.window_s, args.hop_s, args.windows)
     cost = DecodeCost()
     began = time.perf_counter()
-    read_windows(args.clip, starts, 8.0, 32, 32, 16000, args.window_s, cost)
+    read_windows(
+        args.clip,
+        starts,
+        ClipSpec(args.window_s, fps=8.0, width=32, height=32, sample_rate=16000),
+        cost,
+    )
     seeking_s = time.perf_counter() - began
     frames, audio_s, baseline_s = front_to_back(args.clip, starts[-1] + args.window_s)
     print(

@@ -37,6 +37,7 @@ from jointdit.data.manifest import (
     rejected_frame,
     write_manifest,
 )
+from jointdit.data.media import read_windows
 from jointdit.data.shards import (
     ShardPlan,
     build_shards,
@@ -46,25 +47,23 @@ from jointdit.data.shards import (
     write_index,
     write_shard,
 )
-from jointdit.data.windows import plan_windows
-from tasks.encoding import codec_config, codec_from, conditioning_from, read_normalised
+from jointdit.data.windows import ClipSpec
+from tasks.encoding import codec_config, codec_from, conditioning_from
 from tasks.logs import get_logger
-from tasks.params import cli
+from tasks.params import cli, clip_spec
 from tasks.paths import CACHE, RAW, VALIDATED
 
 
-def plan(clips: list[dict], clip: dict[str, Any]) -> tuple[list[dict], list[dict]]:
+def plan(clips: list[dict], spec: ClipSpec) -> tuple[list[dict], list[dict]]:
     """(window rows, rejected clips) of the validated manifest's rows.
 
     A window row is its clip's row plus `window` and `start_s`, with the clip's events moved to
     the window's time and cut to it ("" stays "": no ground truth).
     """
     windows, rejected = [], []
-    length = clip["duration_s"]
-    # A params file from before windows gets what it got then: one window per clip.
-    hop, cap = clip.get("hop_s", length), clip.get("max_windows_per_clip", 1)
+    length = spec.duration_s
     for row in clips:
-        starts = plan_windows(row["duration_s"], length, hop, cap)
+        starts = spec.starts(row["duration_s"])
         if not starts:
             reason = f"{row['duration_s']:.3f} s is shorter than one {length} s window"
             rejected.append({"path": row["path"], "code": "too_short", "reason": reason})
@@ -80,7 +79,7 @@ def plan(clips: list[dict], clip: dict[str, Any]) -> tuple[list[dict], list[dict
 
 
 def encode_windows(
-    rows: list[dict], params: dict[str, Any], codec: Codec, conditioner: Conditioner
+    rows: list[dict], spec: ClipSpec, codec: Codec, conditioner: Conditioner
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Each window's latents: video, first-frame image condition, audio, and the caption's
     text (and, with CLIP, the first frame's image embedding).
@@ -89,7 +88,7 @@ def encode_windows(
     """
     for path, group in itertools.groupby(rows, key=lambda r: r["path"]):
         group = list(group)
-        clips = read_normalised(RAW / path, params, [r["start_s"] for r in group])
+        clips = read_windows(RAW / path, [r["start_s"] for r in group], spec)
         context = conditioner.encode(
             [r["caption"] for r in group], [media.frames[0] for media in clips]
         )
@@ -108,7 +107,8 @@ def window_encoder(params: dict[str, Any]) -> Callable[[list[dict]], Iterator[di
     codec = codec_from(params)
     model = params["model"]
     conditioner = Conditioner(conditioning_from(params), model["text_len"], model["text_vocab"])
-    return lambda rows: encode_windows(rows, params, codec, conditioner)
+    spec = clip_spec(params)
+    return lambda rows: encode_windows(rows, spec, codec, conditioner)
 
 
 def encode_on_worker(shard: ShardPlan, params: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -208,13 +208,12 @@ def encoding_key(params: dict[str, Any]) -> str:
 def cache(params: dict[str, Any]) -> dict[str, Any]:
     log = get_logger()
     manifest = read_manifest(VALIDATED / "manifest.csv", ValidatedManifest)
-    windows, rejected = plan(manifest.to_dict("records"), params["clip"])
+    spec = clip_spec(params)
+    windows, rejected = plan(manifest.to_dict("records"), spec)
     for row in rejected:
         log.warning("rejected %s [%s]: %s", row["path"], row["code"], row["reason"])
     if not windows:
-        raise ValueError(
-            f"cache: no clip is {params['clip']['duration_s']} s long (clip.duration_s)"
-        )
+        raise ValueError(f"cache: no clip is {spec.duration_s} s long (clip.duration_s)")
     CACHE.mkdir(parents=True, exist_ok=True)
     write_manifest(pd.DataFrame(windows), CACHE / "windows.csv", WindowManifest)
     write_manifest(rejected_frame(rejected), CACHE / "rejected.csv", RejectedManifest)

@@ -1,16 +1,13 @@
-"""How media becomes the model's inputs, as params describe it: clips at `clip`'s shape, the
-`codec` pair, the `conditioning` of captions and first frames."""
+"""How media becomes the model's inputs, as params describe it: the `codec` pair and the
+`conditioning` of captions and first frames (the clip's shape: `tasks.params.clip_spec`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from jointdit.codecs import Codec, CodecConfig, build_codec
 from jointdit.conditioning import ConditioningConfig
 from jointdit.config import from_dict
-from jointdit.data.media import Clip, read_windows
 
 
 def codec_config(params: dict[str, Any]) -> CodecConfig:
@@ -33,18 +30,3 @@ def conditioning_from(params: dict[str, Any]) -> ConditioningConfig:
     # a params file from before the section gets what it got then: hashed word ids
     return from_dict(ConditioningConfig, params.get("conditioning"), "conditioning")
 
-
-def read_normalised(
-    path: Path, params: dict[str, Any], starts: Sequence[float] = (0.0,)
-) -> list[Clip]:
-    """The windows of a clip starting at ``starts``, at the shape the model works at."""
-    clip = params["clip"]
-    return read_windows(
-        path,
-        starts,
-        fps=clip["fps"],
-        width=clip["width"],
-        height=clip["height"],
-        sample_rate=clip["sample_rate"],
-        duration_s=clip["duration_s"],
-    )

@@ -26,8 +26,9 @@ from jointdit.atomic import atomic_path
 from jointdit.checkpoint import load_checkpoint
 from jointdit.config import from_dict
 from jointdit.data.manifest import WindowManifest, read_manifest
-from jointdit.data.media import display_scale, write_clip
+from jointdit.data.media import display_scale, read_windows, write_clip
 from jointdit.data.shards import load_split
+from jointdit.data.windows import ClipSpec
 from jointdit.evaluation import (
     EvaluateConfig,
     claims,
@@ -41,14 +42,14 @@ from jointdit.evaluation import (
 from jointdit.flow import FlowConfig
 from jointdit.generate import SampleConfig
 from jointdit.metrics.oracle import impact_times
-from jointdit.metrics.suite import Embedders, Media, set_features
+from jointdit.metrics.suite import Media, set_features
 from jointdit.timing import Timer
 from jointdit.training import condition_sensitivity, validation_loss
 from jointdit.viz import log_mel, sample_sheet, system_bars
-from tasks.encoding import codec_from, read_normalised
+from tasks.encoding import codec_from
 from tasks.logs import get_logger
 from tasks.mlflow_runs import mlflow_run
-from tasks.params import cli
+from tasks.params import cli, clip_spec
 from tasks.paths import CACHE, MODELS, PLOTS, RAW, REPORTS, write_json
 from tasks.train import initial_model
 
@@ -75,12 +76,6 @@ METRIC_DEFINITIONS = 2
 
 def evaluate_config(params: dict[str, Any]) -> EvaluateConfig:
     return from_dict(EvaluateConfig, params["evaluate"], "evaluate")
-
-
-def embedders_for(cfg: EvaluateConfig, clip: dict[str, Any]) -> Embedders:
-    """The metric networks `evaluate.embedders` names, checked against params' clip length."""
-    frames = round(clip["duration_s"] * clip["fps"])
-    return load_embedders(cfg.embedders, frames, clip["duration_s"])
 
 
 def protocol(params: dict[str, Any], clips: list[dict], reference: list[dict]) -> str:
@@ -110,18 +105,19 @@ def window_name(row: dict) -> str:
     return row["path"] if row["start_s"] == 0 else f"{row['path']}@{row['start_s']}"
 
 
-def read_real(rows: list[dict], params: dict[str, Any]) -> list[Media]:
-    clips = [read_normalised(RAW / row["path"], params, [row["start_s"]])[0] for row in rows]
+def read_real(rows: list[dict], spec: ClipSpec) -> list[Media]:
+    """The windows of manifest rows, as the model sees them."""
+    clips = [read_windows(RAW / row["path"], [row["start_s"]], spec)[0] for row in rows]
     return [(c.frames, c.audio) for c in clips]
 
 
 def evaluate(params: dict[str, Any]) -> dict[str, Any]:
     log = get_logger()
-    clip, cfg = params["clip"], evaluate_config(params)
-    fps, sr = clip["fps"], clip["sample_rate"]
+    spec, cfg = clip_spec(params), evaluate_config(params)
+    fps, sr = spec.fps, spec.sample_rate
     timer = Timer()
     with timer("load_embedders"):  # first: a wrong weights file fails before any work
-        embedders = embedders_for(cfg, clip)
+        embedders = load_embedders(cfg.embedders, spec.frames, spec.duration_s)
     codec = codec_from(params)
     flow = from_dict(FlowConfig, params["flow"], "flow")
     val = load_split(CACHE, "val")
@@ -149,10 +145,10 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
     log.info("evaluate: val losses %s; condition sensitivity %s", val_loss, sensitivity)
 
     with timer("read_real"):
-        real = read_real(val.clips[:n], params)
+        real = read_real(val.clips[:n], spec)
         train_rows = read_manifest(CACHE / "windows.csv", WindowManifest)
         train_rows = train_rows[train_rows["split"] == "train"].to_dict("records")
-        reference_media = read_real(train_rows[: cfg.num_reference], params)
+        reference_media = read_real(train_rows[: cfg.num_reference], spec)
     if min(n, len(reference_media)) < 2:  # a covariance needs two samples
         raise ValueError(
             f"evaluate needs at least 2 validation and 2 training clips, has {n} and "
@@ -215,7 +211,7 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
         "claims": claims(scores, default_system, cfg),
     }
     with timer("write"):
-        write_reports(metrics, per_sample, media, events, val.clips, clip, cfg)
+        write_reports(metrics, per_sample, media, events, val.clips, spec, cfg)
     log.info("evaluate: seconds per phase %s", {k: round(v, 1) for k, v in timer.seconds.items()})
     log_to_mlflow(params, metrics, timer.seconds)
     return metrics
@@ -227,12 +223,11 @@ def write_reports(
     media: dict[str, list[Media]],
     events: dict[str, list[Any]],
     clips: list[dict],
-    clip: dict[str, Any],
+    spec: ClipSpec,
     cfg: EvaluateConfig,
 ) -> None:
-    """metrics.json, the per-sample CSV, the DVC plot table, sample clips and sync sheets;
-    `clip` is params' section (the clips' rate and length)."""
-    fps, sr = clip["fps"], clip["sample_rate"]
+    """metrics.json, the per-sample CSV, the DVC plot table, sample clips and sync sheets."""
+    fps, sr = spec.fps, spec.sample_rate
     table = metrics["systems"]
     write_json(REPORTS / "metrics.json", metrics)
     _write_csv(PER_SAMPLE, per_sample)
@@ -258,7 +253,7 @@ def write_reports(
             sample_sheet(
                 f,
                 log_mel(a, sr),
-                clip["duration_s"],
+                spec.duration_s,
                 SAMPLES / f"{i:02d}_{label}.png",
                 f"{system}: {clips[i]['caption']}",
             )
@@ -276,7 +271,7 @@ def write_reports(
             sample_sheet(
                 f,
                 log_mel(a, sr),
-                clip["duration_s"],
+                spec.duration_s,
                 SAMPLES / f"sync_{kind}{rank}.png",
                 f"{default}, {kind} sync #{rank + 1}: clip {i}, AV-Align {sync[i]:.2f}",
                 events=marks,

@@ -40,7 +40,7 @@ from jointdit.codecs import Codec
 from jointdit.config import from_dict
 from jointdit.data.manifest import WindowManifest, read_manifest
 from jointdit.data.shards import load_split
-from jointdit.evaluation import System, sample_system, score_system
+from jointdit.evaluation import System, load_embedders, sample_system, score_system
 from jointdit.finetune import (
     ADAPTER_PARAMETERS,
     AdapterConfig,
@@ -57,11 +57,11 @@ from jointdit.model.jointdit import JointDiT
 from jointdit.training import TrainConfig, train, validation_loss
 from jointdit.viz import loss_curve
 from tasks.encoding import codec_from
-from tasks.evaluate import embedders_for, evaluate_config, protocol, read_real
+from tasks.evaluate import evaluate_config, protocol, read_real
 from tasks.logs import get_logger
 from tasks.mlflow_runs import mlflow_run, resolve_tracking_uri
 from tasks.model_config import model_config
-from tasks.params import cli
+from tasks.params import cli, clip_spec
 from tasks.paths import CACHE, MODELS, PLOTS, REPORTS, write_json
 from tasks.register import register_model
 from tasks.tracking import MetricBuffer
@@ -225,9 +225,9 @@ def compare(params: dict[str, Any], models: dict[str, Model]) -> dict[str, Any]:
     """Each model's row (sampled under sample.guidance from the validation clips' first frames,
     clip i from seed evaluate.seed + i, as `evaluate` does), `real` as the floor, and each
     model's validation loss; the first model's row is the default system."""
-    clip, ev = params["clip"], evaluate_config(params)
-    fps, sr = clip["fps"], clip["sample_rate"]
-    embedders = embedders_for(ev, clip)
+    spec, ev = clip_spec(params), evaluate_config(params)
+    fps, sr = spec.fps, spec.sample_rate
+    embedders = load_embedders(ev.embedders, spec.frames, spec.duration_s)
     codec = codec_from(params)
     flow = from_dict(FlowConfig, params["flow"], "flow")
     val = load_split(CACHE, "val")
@@ -236,10 +236,10 @@ def compare(params: dict[str, Any], models: dict[str, Model]) -> dict[str, Any]:
         raise ValueError(f"finetune: {n} validation clip(s); the distances need at least 2")
     batch = val.batch
     embedding = None if batch.image_embedding is None else batch.image_embedding[:n]
-    real = read_real(val.clips[:n], params)
+    real = read_real(val.clips[:n], spec)
     rows = read_manifest(CACHE / "windows.csv", WindowManifest)
     reference_rows = rows[rows["split"] == "train"].to_dict("records")[: ev.num_reference]
-    reference = set_features(read_real(reference_rows, params), sr, embedders)
+    reference = set_features(read_real(reference_rows, spec), sr, embedders)
     images = [f[0] for f, _ in real]
     sample = from_dict(SampleConfig, params["sample"], "sample")
     sample = dataclasses.replace(sample, seed=ev.seed)

@@ -10,6 +10,7 @@ from jointdit.conditioning import conditioning_dims
 from jointdit.model.joint import BackboneModelConfig, model_config_from_dict
 from jointdit.model.jointdit import JointDiTConfig
 from tasks.encoding import conditioning_from
+from tasks.params import clip_spec
 
 
 def model_config(
@@ -30,7 +31,7 @@ def model_config(
             # the context is the same in both kinds: what `cache` encoded
             "text_vocab": model["text_vocab"],
             "text_len": model["text_len"],
-            "svd": {**b.get("svd", {}), "video_fps": params["clip"]["fps"]},
+            "svd": {**b.get("svd", {}), "video_fps": clip_spec(params).fps},
             "audioldm": {**b.get("audioldm", {}), "audio_frame_rate": codec.audio_frame_rate},
         }
         return model_config_from_dict({"kind": "backbones", "backbones": section})
@@ -38,7 +39,7 @@ def model_config(
         **context,
         **latents,
         "video_channels": codec.video_channels,
-        "video_fps": params["clip"]["fps"],
+        "video_fps": clip_spec(params).fps,
         "audio_frame_rate": codec.audio_frame_rate,
     }
     return model_config_from_dict({**model, **derived})

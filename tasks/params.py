@@ -10,6 +10,9 @@ from typing import Any
 
 import yaml
 
+from jointdit.config import from_dict
+from jointdit.data.windows import ClipSpec
+
 
 class ParamsLoader(yaml.SafeLoader):
     """YAML with YAML 1.2's floats: PyYAML (YAML 1.1) reads `2e-05` as a string, and DVC
@@ -26,6 +29,14 @@ ParamsLoader.add_implicit_resolver(
 def load_params(path: Path = Path("params.yaml")) -> dict[str, Any]:
     with open(path) as f:
         return yaml.load(f, Loader=ParamsLoader)
+
+
+def clip_spec(params: dict[str, Any]) -> ClipSpec:
+    """params' `clip`, typed; a params file from before windows gets what it got then: one
+    window per clip."""
+    clip = params["clip"]
+    legacy = {"hop_s": clip["duration_s"], "max_windows_per_clip": 1}
+    return from_dict(ClipSpec, {**legacy, **clip}, "clip")
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

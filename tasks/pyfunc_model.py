@@ -41,6 +41,7 @@ from jointdit.codecs import CodecConfig, build_codec
 from jointdit.conditioning import Conditioner, ConditioningConfig
 from jointdit.config import from_dict
 from jointdit.data.clip_bytes import mp4_bytes
+from jointdit.data.windows import ClipSpec
 from jointdit.generate import SampleConfig, generate
 from jointdit.sample_request import BadRequest, SampleRequest, batches, parse_rows
 
@@ -52,9 +53,9 @@ class JointDiTPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.model, _ = load_checkpoint(Path(context.artifacts["checkpoint"]))
         serving = json.loads(Path(context.artifacts["serving"]).read_text())
-        self.clip = serving["clip"]
+        self.clip = from_dict(ClipSpec, serving["clip"], "clip")
         self.codec = build_codec(
-            from_dict(CodecConfig, serving["codec"], "codec"), self.clip["sample_rate"]
+            from_dict(CodecConfig, serving["codec"], "codec"), self.clip.sample_rate
         )
         self.sample = from_dict(SampleConfig, serving["sample"])
         conditioning = from_dict(ConditioningConfig, serving.get("conditioning"), "conditioning")
@@ -81,8 +82,8 @@ class JointDiTPyfunc(mlflow.pyfunc.PythonModel):
             requests = parse_rows(
                 model_input.to_dict("records"),
                 self.sample,
-                self.clip["width"],
-                self.clip["height"],
+                self.clip.width,
+                self.clip.height,
                 self.image_root,
             )
         except BadRequest as e:  # MLflow's server answers this one 400 with its message
@@ -97,8 +98,8 @@ class JointDiTPyfunc(mlflow.pyfunc.PythonModel):
 
     def _generate(self, batch: list[SampleRequest]) -> list[tuple[np.ndarray, np.ndarray]]:
         """One generate call for rows of equal settings and consecutive seeds."""
-        frames = round(self.clip["duration_s"] * self.clip["fps"])
-        audio_frames = round(self.clip["duration_s"] * self.codec.audio_frame_rate)
+        frames = self.clip.frames
+        audio_frames = round(self.clip.duration_s * self.codec.audio_frame_rate)
         pixels = [r.pixels for r in batch]
         image = self.codec.encode_video(np.stack(pixels))  # one first frame per row
         context = self.conditioner.encode([r.prompt for r in batch], pixels)
@@ -124,7 +125,7 @@ class JointDiTPyfunc(mlflow.pyfunc.PythonModel):
     def _answer(
         self, request: SampleRequest, frames: np.ndarray, audio: np.ndarray, output: str
     ) -> dict[str, Any]:
-        fps, sample_rate = float(self.clip["fps"]), int(self.clip["sample_rate"])
+        fps, sample_rate = float(self.clip.fps), int(self.clip.sample_rate)
         s = request.sample
         answer: dict[str, Any] = {
             "prompt": request.prompt,

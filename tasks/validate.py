@@ -20,7 +20,7 @@ from jointdit.data.sources import FETCH_REJECTED_NAME, MANIFEST_NAME
 from jointdit.data.validation import validate as validate_clips
 from tasks.logs import get_logger
 from tasks.mlflow_runs import mlflow_run
-from tasks.params import cli
+from tasks.params import cli, clip_spec
 from tasks.paths import RAW, REPORTS, VALIDATED, write_json
 
 
@@ -28,7 +28,7 @@ def validation_config(params: dict[str, Any]) -> ValidationConfig:
     """params.validate, with clip.duration_s as the shortest acceptable clip at least: a clip
     shorter than one training window cannot fill one."""
     cfg = from_dict(ValidationConfig, params["validate"], "validate")
-    return replace(cfg, min_duration_s=max(cfg.min_duration_s, params["clip"]["duration_s"]))
+    return replace(cfg, min_duration_s=max(cfg.min_duration_s, clip_spec(params).duration_s))
 
 
 def _fetch_rejected() -> pd.DataFrame | None:

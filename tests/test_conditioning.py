@@ -160,21 +160,24 @@ def _workspace(root: Path, conditioning: dict) -> dict:
 
 
 def test_cache_encodes_clip_context_per_window(tiny_clip, tmp_path, monkeypatch):
+    from jointdit.data.media import read_windows
     from tasks.cache import encode_windows
-    from tasks.encoding import codec_from, conditioning_from, read_normalised
+    from tasks.encoding import codec_from, conditioning_from
+    from tasks.params import clip_spec
 
     _, root = tiny_clip
     monkeypatch.chdir(tmp_path)
     clip_section = dataclasses.asdict(_clip_cfg(root))
     params, rows = _workspace(tmp_path, clip_section)
     conditioner = Conditioner(conditioning_from(params), 6, params["model"]["text_vocab"])
-    items = list(encode_windows(rows, params, codec_from(params), conditioner))
+    spec = clip_spec(params)
+    items = list(encode_windows(rows, spec, codec_from(params), conditioner))
 
     assert len(items) == 2
     for row, item in zip(rows, items, strict=True):
         assert item["text"].shape == (6, CLIP_TEXT_WIDTH)
         assert item["image_embedding"].shape == (CLIP_EMBED,)
-        first = read_normalised(Path("data/raw") / row["path"], params)[0].frames[0]
+        first = read_windows(Path("data/raw") / row["path"], [0.0], spec)[0].frames[0]
         want = conditioner.encode([row["caption"]], [first])
         assert torch.equal(item["text"], want["text"][0])
         assert torch.equal(item["image_embedding"], want["image_embedding"][0])

@@ -214,11 +214,9 @@ def test_the_two_windows_are_the_first_and_the_last_14_segments(weight_files, mo
 
 def test_evaluate_refuses_synchformer_weights_for_clips_shorter_than_a_window():
     # The check the evaluate stage makes before loading any weights.
-    from tasks.evaluate import embedders_for, evaluate_config
+    from jointdit.evaluation import EmbedderPaths, load_embedders
 
-    two_s_clip = {"duration_s": 2.0, "fps": 8.0}  # 16 frames
-    cfg = evaluate_config({"evaluate": {"embedders": {"synchformer": "weights.pth"}}})
+    two_s_clip = {"frames": 16, "duration_s": 2.0}  # 8 fps
     with pytest.raises(ValueError, match=r"synchformer: DeSync is defined on 4\.8-s windows.*2-s"):
-        embedders_for(cfg, two_s_clip)
-    no_weights = evaluate_config({"evaluate": {"embedders": {"synchformer": ""}}})
-    assert embedders_for(no_weights, two_s_clip).synchformer is None
+        load_embedders(EmbedderPaths(synchformer="weights.pth"), **two_s_clip)
+    assert load_embedders(EmbedderPaths(), **two_s_clip).synchformer is None

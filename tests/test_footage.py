@@ -18,6 +18,7 @@ import pytest
 
 from jointdit.data import footage
 from jointdit.data.media import probe, read_windows
+from jointdit.data.windows import ClipSpec
 from tests.media_files import clicks, write
 
 
@@ -89,5 +90,7 @@ def test_a_film_is_cut_at_key_frames_without_re_encoding(tmp_path):
             copied += [bytes(p) for p in packets]
     assert copied == original  # the same compressed pictures, in order
     # The sound went along, in sync: the click at 7.3 s is 1.3 s into the second part.
-    audio = read_windows(parts[1], [0.0], 8.0, 16, 16, 16000, 2.0)[0].audio
+    audio = read_windows(
+        parts[1], [0.0], ClipSpec(2.0, fps=8.0, width=16, height=16, sample_rate=16000)
+    )[0].audio
     assert abs(int(np.argmax(np.abs(audio))) / 16000 - 1.3) < 0.03

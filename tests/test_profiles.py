@@ -137,6 +137,7 @@ def test_config_defaults_agree_with_params_yaml():
     from jointdit.conditioning import ConditioningConfig
     from jointdit.data.manifest import ValidationConfig
     from jointdit.data.synthetic import SyntheticConfig
+    from jointdit.data.windows import ClipSpec
     from jointdit.evaluation import EvaluateConfig
     from jointdit.flow import FlowConfig
     from jointdit.generate import SampleConfig
@@ -148,6 +149,7 @@ def test_config_defaults_agree_with_params_yaml():
     pairs = [
         (ValidationConfig, p["validate"], "validate"),
         (SyntheticConfig, p["data"]["synthetic"], "data.synthetic"),
+        (ClipSpec, p["clip"], "clip"),
         (CodecConfig, p["codec"], "codec"),
         (ConditioningConfig, p["conditioning"], "conditioning"),
         (JointDiTConfig, p["model"], "model"),

@@ -25,13 +25,14 @@ from jointdit.data.manifest import (
 )
 from jointdit.data.media import DecodeCost, fit_frame, read_clip, read_windows, write_clip
 from jointdit.data.shards import build_shards, load_split, shard_clips, write_shard
-from jointdit.data.windows import plan_windows
+from jointdit.data.windows import ClipSpec, plan_windows
 from tasks import cache as cache_task
 from tasks.encoding import codec_from
-from tasks.params import load_params
+from tasks.params import clip_spec, load_params
 from tests.media_files import clicks, grey_frames, write
 from tests.raw_clips import SR, make_raw, validated_row
 
+WINDOW_16 = ClipSpec(2.0, fps=8.0, width=16, height=16, sample_rate=SR)  # 2 s, 16x16, 8 fps
 CLICKS_S = (0.3, 1.25, 2.6, 3.1, 4.45, 5.7, 6.2, 7.85, 8.9, 9.6)  # gaps unlike the 1 s hop
 
 
@@ -121,7 +122,9 @@ def long_clip(request, tmp_path_factory) -> Path:
 def test_windows_equal_slices_of_one_long_decode(long_clip):
     starts = plan_windows(10.0, 2.0, 1.0, 20)
     assert len(starts) == 9
-    windows = read_windows(long_clip, starts, 8.0, 24, 16, SR, 2.0)
+    windows = read_windows(
+        long_clip, starts, ClipSpec(2.0, fps=8.0, width=24, height=16, sample_rate=SR)
+    )
     whole = read_clip(long_clip, 8.0, 24, 16, SR, 10.0)
     for s, w in zip(starts, windows, strict=True):
         first = round(s * 8)
@@ -161,10 +164,10 @@ def far_clips(request, tmp_path_factory) -> tuple[dict[float, Path], int]:
 
 def test_far_windows_are_read_by_seeking_as_a_full_pass_reads_them(far_clips):
     path = far_clips[0][60.0]
-    dense = read_windows(path, plan_windows(60.0, 2.0, 2.0, 30), 8.0, 16, 16, SR, 2.0)
+    dense = read_windows(path, plan_windows(60.0, 2.0, 2.0, 30), WINDOW_16)
     starts = plan_windows(60.0, 2.0, 2.0, 7)  # 0, 10, 20, ...: 8 s apart, a seek each
     cost = DecodeCost()
-    far = read_windows(path, starts, 8.0, 16, 16, SR, 2.0, cost)
+    far = read_windows(path, starts, WINDOW_16, cost)
     # An MPEG program stream is read front to back: after a seek, FFmpeg stamps its frames
     # one frame late; so is Opus sound (mkv here): after a seek its samples come out shifted.
     assert cost.seeks >= len(starts) - 1 if path.suffix not in (".mpg", ".mkv") else cost.seeks == 0
@@ -189,7 +192,7 @@ def test_the_decode_cost_grows_with_the_windows_not_with_the_clip(far_clips):
         starts = plan_windows(seconds, 2.0, 2.0, 8)
         assert starts[-1] == seconds - 2.0  # the windows span the clip
         costs[seconds] = DecodeCost()
-        read_windows(path, starts, 8.0, 16, 16, SR, 2.0, costs[seconds])
+        read_windows(path, starts, WINDOW_16, costs[seconds])
     short, long = costs[60.0], costs[240.0]
     if fps == 25 or paths[60.0].suffix == ".mkv":  # MPEG-PS, Opus: front to back to the end
         assert long.video_frames == 240 * fps and long.seeks == 0
@@ -208,7 +211,7 @@ def test_a_window_past_the_end_of_the_audio_is_silent(tmp_path):
     silent and keeps its moving frames."""
     path = write(tmp_path / "short_audio.mp4", 40.0, gop=16, audio_s=10.0, rate=SR)
     cost = DecodeCost()
-    windows = read_windows(path, [0.0, 30.0], 8.0, 16, 16, SR, 2.0, cost)
+    windows = read_windows(path, [0.0, 30.0], WINDOW_16, cost)
     assert np.abs(windows[0].audio).max() > 0.25  # the tone
     assert np.abs(windows[1].audio).max() == 0
     moving = windows[1].frames.astype(float).std(axis=0).max()
@@ -228,7 +231,7 @@ def test_late_audio_stays_in_sync(tmp_path):
         audio_delay_s=0.5,
     )
     starts = [0.0, 2.0, 4.0]
-    windows = read_windows(path, starts, 8.0, 16, 16, SR, 2.0)
+    windows = read_windows(path, starts, WINDOW_16)
     assert np.abs(windows[0].audio[: round(0.45 * SR)]).max() < 1e-3
     for s, w in zip(starts, windows, strict=True):
         inside = [t + 0.5 - s for t in times if s + 0.05 < t + 0.5 < s + 1.95]
@@ -262,7 +265,8 @@ def test_frames_are_picked_by_timestamp(tmp_path, times):
     duration = times[-1] - times[0]
     write_av(path, grey_frames(levels), times, clicks(duration + 0.5, SR, ()), SR)
     starts = [0.0, 0.5]
-    windows = read_windows(path, starts, 8.0, 48, 32, SR, 1.0)  # no resize: exact levels
+    spec = ClipSpec(1.0, fps=8.0, width=48, height=32, sample_rate=SR)
+    windows = read_windows(path, starts, spec)  # no resize: exact levels
     for s, w in zip(starts, windows, strict=True):
         targets = s + np.arange(8) / 8
         np.testing.assert_array_equal(
@@ -354,7 +358,7 @@ def test_other_codecs_decode_in_sync(tmp_path, suffix, video_codec, audio_codec,
     audio = clicks(4.0, rate, times)
     frames = grey_frames(levels, 64, 64)  # x265 aborts on smaller pictures
     write_av(path, frames, np.arange(32) / 8, audio, rate, video_codec, audio_codec)
-    windows = read_windows(path, [0.0, 2.0], 8.0, 16, 16, SR, 2.0)
+    windows = read_windows(path, [0.0, 2.0], WINDOW_16)
     for s, w in zip([0.0, 2.0], windows, strict=True):
         np.testing.assert_array_equal(picked_levels(w.frames, levels), s * 8 + np.arange(16))
         inside = [t - s for t in times if s < t < s + 2]
@@ -403,7 +407,11 @@ def test_a_large_file_streams_in_bounded_memory(tmp_path):
     decoded_bytes = write_hd(path)  # 3.7 GB as RGB
     Path("/proc/self/clear_refs").write_text("5")  # resets the peak to what is resident now
     before = memory("VmRSS")
-    windows = read_windows(path, plan_windows(10.0, 2.0, 1.0, 8), 8.0, 32, 32, SR, 2.0)
+    windows = read_windows(
+        path,
+        plan_windows(10.0, 2.0, 1.0, 8),
+        ClipSpec(2.0, fps=8.0, width=32, height=32, sample_rate=SR),
+    )
     growth = memory("VmHWM") - before
     assert len(windows) == 8 and windows[-1].frames.shape == (16, 32, 32, 3)
     assert growth < decoded_bytes / 40, f"peak RSS grew {growth / 1e6:.0f} MB"
@@ -415,8 +423,8 @@ def test_a_large_file_streams_in_bounded_memory(tmp_path):
 def test_plan_shifts_events_and_keeps_the_clip_split():
     row = {"path": "a.mp4", "duration_s": 5.0, "events": "[0.5, 2.5, 4.5]", "split": "val"}
     short = {"path": "b.mp4", "duration_s": 1.0, "events": "", "split": "train"}
-    clip = {"duration_s": 2.0, "hop_s": 1.5, "max_windows_per_clip": 8}
-    windows, rejected = cache_task.plan([row, short], clip)
+    spec = ClipSpec(2.0, hop_s=1.5, max_windows_per_clip=8)
+    windows, rejected = cache_task.plan([row, short], spec)
     assert [(w["window"], w["start_s"]) for w in windows] == [(0, 0.0), (1, 1.5), (2, 3.0)]
     assert [json.loads(w["events"]) for w in windows] == [[0.5], [1.0], [1.5]]
     assert {w["split"] for w in windows} == {"val"}
@@ -445,7 +453,8 @@ def test_cache_resumes_with_windows(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     params = load_params(Path(__file__).resolve().parent.parent / "params.yaml")
     params["clip"].update(duration_s=2.0, hop_s=1.0, max_windows_per_clip=8, width=16, height=16)
-    windows, _ = cache_task.plan(make_raw(tmp_path, [4.0, 4.0]), params["clip"])
+    spec = clip_spec(params)
+    windows, _ = cache_task.plan(make_raw(tmp_path, [4.0, 4.0]), spec)
     assert len(windows) == 6  # 3 per clip; shards of 4 split clip 1's windows
     codec = codec_from(params)
     conditioner = Conditioner(ConditioningConfig(), 4, 50)
@@ -456,7 +465,7 @@ def test_cache_resumes_with_windows(tmp_path, monkeypatch):
         if fail_after is not None and len(encoded) >= fail_after:
             raise KeyboardInterrupt  # killed
         encoded.extend((r["path"], r["window"]) for r in rows)
-        yield from cache_task.encode_windows(rows, params, codec, conditioner)
+        yield from cache_task.encode_windows(rows, spec, codec, conditioner)
 
     with pytest.raises(KeyboardInterrupt):
         build_shards(out, "train", windows, lambda rows: encode(rows, fail_after=4), 4)

@@ -38,6 +38,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from jointdit.atomic import atomic_path
+from jointdit.data.windows import ClipSpec
 
 _AAC_FRAME = 1024
 # Slack when comparing frame times with target times: far below any frame interval, far above
@@ -701,16 +702,10 @@ def _decode_pass(
 
 
 def read_windows(
-    path: Path,
-    starts: Sequence[float],
-    fps: float,
-    width: int,
-    height: int,
-    sample_rate: int,
-    duration_s: float,
-    cost: DecodeCost | None = None,
+    path: Path, starts: Sequence[float], spec: ClipSpec, cost: DecodeCost | None = None
 ) -> list[Clip]:
-    """Decode the windows ``[s, s + duration_s)`` of a file, for each ``s`` in ``starts``.
+    """Decode the windows ``[s, s + duration_s)`` of a file, for each ``s`` in ``starts``, at
+    the rate and size of ``spec`` (its window grid is the caller's: ``starts``).
 
     Windows less than `_SEEK_GAP_S` apart are decoded in one pass, which stops when its last
     window is complete; a window farther on is reached by a seek to `_PREROLL_S` before it
@@ -729,7 +724,9 @@ def read_windows(
     frame and silence.
     """
     path = Path(path)
-    if min(fps, duration_s, width, height, sample_rate) <= 0 or round(duration_s * fps) < 1:
+    fps, duration_s, sample_rate = spec.fps, spec.duration_s, spec.sample_rate
+    width, height = spec.width, spec.height
+    if min(fps, duration_s, width, height, sample_rate) <= 0 or spec.frames < 1:
         raise ValueError("need width, height, sample_rate > 0 and at least one frame")
     if any(s < 0 for s in starts) or list(starts) != sorted(starts):
         raise ValueError(f"window starts must be ascending and >= 0, got {list(starts)}")
@@ -771,4 +768,5 @@ def read_clip(
     path: Path, fps: float, width: int, height: int, sample_rate: int, duration_s: float
 ) -> Clip:
     """The window of ``duration_s`` seconds at the start of a file (see `read_windows`)."""
-    return read_windows(path, [0.0], fps, width, height, sample_rate, duration_s)[0]
+    spec = ClipSpec(duration_s, fps=fps, width=width, height=height, sample_rate=sample_rate)
+    return read_windows(path, [0.0], spec)[0]

@@ -15,10 +15,38 @@ what a 20-second one does.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 # Slack on durations read from container metadata: a 2 s clip may be listed as 1.9999 s. Far
 # below any frame interval, so it never admits a window that misses a frame.
 _DURATION_EPS = 1e-3
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """The clip every input is normalised to (params' `clip`): windows of `duration_s` on a
+    grid `hop_s` apart, at most `max_windows_per_clip` per input, each `fps` frames per second
+    at `width` x `height` with mono sound at `sample_rate`."""
+
+    duration_s: float = 2.0
+    hop_s: float = 2.0
+    max_windows_per_clip: int = 8
+    fps: float = 8.0
+    width: int = 32
+    height: int = 32
+    sample_rate: int = 16000
+
+    @property
+    def frames(self) -> int:
+        return round(self.duration_s * self.fps)
+
+    @property
+    def samples(self) -> int:
+        return round(self.duration_s * self.sample_rate)
+
+    def starts(self, clip_duration_s: float) -> list[float]:
+        """Where the windows of a clip of `clip_duration_s` seconds start (`plan_windows`)."""
+        return plan_windows(clip_duration_s, self.duration_s, self.hop_s, self.max_windows_per_clip)
 
 
 def plan_windows(duration_s: float, window_s: float, hop_s: float, max_windows: int) -> list[float]:
