@@ -60,10 +60,10 @@ class Conditioner:
         self.cfg, self.text_len, self.text_vocab = cfg, text_len, text_vocab
         self.clip = None
         if cfg.encoder == "clip":
-            from jointdit.encoders.clip import ClipConfig, ClipEncoder
+            from jointdit.encoders.clip import CLIPConfig, CLIPEncoder
 
-            self.clip = ClipEncoder(
-                ClipConfig(model=cfg.clip_model, pretrained=cfg.clip_pretrained, device=cfg.device)
+            self.clip = CLIPEncoder(
+                CLIPConfig(model=cfg.clip_model, pretrained=cfg.clip_pretrained, device=cfg.device)
             )
 
     def encode(self, captions: list[str], first_frames: list[np.ndarray]) -> dict[str, Tensor]:

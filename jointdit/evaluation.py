@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from jointdit.codecs import Codec
-from jointdit.encoders.clip import ClipConfig, ClipEncoder
+from jointdit.encoders.clip import CLIPConfig, CLIPEncoder
 from jointdit.generate import SampleConfig, generate
 from jointdit.metrics.claims import compare
 from jointdit.metrics.desync import WINDOW_S, DeSyncScorer
@@ -92,7 +92,7 @@ def load_embedders(paths: EmbedderPaths, frames: int, duration_s: float) -> Embe
         vggish=VGGishEmbedder(Path(paths.vggish)) if paths.vggish else None,
         i3d=I3DEmbedder(Path(paths.i3d)) if paths.i3d else None,
         clip=(
-            ClipEncoder(ClipConfig(model=paths.clip_model, pretrained=paths.clip_pretrained))
+            CLIPEncoder(CLIPConfig(model=paths.clip_model, pretrained=paths.clip_pretrained))
             if paths.clip_pretrained
             else None
         ),

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from jointdit.encoders.clip import ClipConfig, ClipEncoder
+from jointdit.encoders.clip import CLIPConfig, CLIPEncoder
 from tests.conftest import TINY_CLIP_NAME as NAME
 
 
@@ -19,7 +19,7 @@ def _images() -> list[np.ndarray]:
 @pytest.mark.parametrize("source", ["weights.safetensors", "weights.pth", "snapshot"])
 def test_encoder_reproduces_the_saved_model(tiny_clip, source):
     model, root = tiny_clip
-    encoder = ClipEncoder(ClipConfig(model=NAME, pretrained=str(root / source), batch_size=2))
+    encoder = CLIPEncoder(CLIPConfig(model=NAME, pretrained=str(root / source), batch_size=2))
     images, texts = _images(), ["a red ball", "a blue ball bouncing", "noise"]
 
     got_images = encoder.encode_images(images)
@@ -41,13 +41,13 @@ def test_encoder_reproduces_the_saved_model(tiny_clip, source):
 
 def test_missing_checkpoint_is_refused_without_download(tmp_path):
     with pytest.raises(FileNotFoundError, match="CLIP checkpoint not found"):
-        ClipEncoder(ClipConfig(model=NAME, pretrained=str(tmp_path / "nope.bin")))
+        CLIPEncoder(CLIPConfig(model=NAME, pretrained=str(tmp_path / "nope.bin")))
     with pytest.raises(FileNotFoundError, match=r"open_clip_config\.json"):
-        ClipEncoder(ClipConfig(model=NAME, pretrained=str(tmp_path)))
+        CLIPEncoder(CLIPConfig(model=NAME, pretrained=str(tmp_path)))
 
 
 def test_weights_of_another_model_are_refused(tiny_clip, tmp_path):
     wrong = tmp_path / "wrong.safetensors"
     save_file({"visual.proj": torch.zeros(2, 2)}, str(wrong))
     with pytest.raises(ValueError, match=r"wrong\.safetensors"):
-        ClipEncoder(ClipConfig(model=NAME, pretrained=str(wrong)))
+        CLIPEncoder(CLIPConfig(model=NAME, pretrained=str(wrong)))

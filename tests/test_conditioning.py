@@ -20,7 +20,7 @@ from jointdit.conditioning import Conditioner, ConditioningConfig, conditioning_
 from jointdit.data.media import write_clip
 from jointdit.data.shards import build_shards, load_split, shard_metadata, write_index
 from jointdit.data.synthetic import SyntheticConfig, make_clip
-from jointdit.encoders.clip import ClipConfig, ClipEncoder
+from jointdit.encoders.clip import CLIPConfig, CLIPEncoder
 from jointdit.flow import Batch, FlowConfig, drop_conditions
 from jointdit.model.jointdit import JointDiT
 from jointdit.text import tokenize
@@ -38,7 +38,7 @@ def _clip_cfg(root: Path, source: str = "weights.safetensors") -> ConditioningCo
 
 def test_token_features_are_the_text_towers_tokens(tiny_clip):
     model, root = tiny_clip
-    encoder = ClipEncoder(ClipConfig(model=TINY_CLIP_NAME, pretrained=str(root / "snapshot")))
+    encoder = CLIPEncoder(CLIPConfig(model=TINY_CLIP_NAME, pretrained=str(root / "snapshot")))
     texts = ["a red ball bounces", "", "noise"]
     features = encoder.encode_token_features(texts, length=10)
 

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from jointdit.data.synthetic import SyntheticConfig, make_clip
-from jointdit.encoders.clip import ClipConfig, ClipEncoder
+from jointdit.encoders.clip import CLIPConfig, CLIPEncoder
 from jointdit.metrics.i3d import I3D, I3DEmbedder
 from jointdit.metrics.suite import (
     Embedders,
@@ -106,7 +106,7 @@ def test_pretrained_embedders_add_fad_and_fvd(tmp_path):
 
 def test_clip_similarity_is_one_for_the_image_itself(tiny_clip):
     _, root = tiny_clip
-    encoder = ClipEncoder(ClipConfig(pretrained=str(root / "snapshot")))
+    encoder = CLIPEncoder(CLIPConfig(pretrained=str(root / "snapshot")))
     frames = [_media(i)[0][0] for i in range(3)]
     noise = [
         np.random.default_rng(i).integers(0, 256, f.shape, dtype=np.uint8)

@@ -20,7 +20,7 @@ from PIL import Image
 
 
 @dataclass(frozen=True)
-class ClipConfig:
+class CLIPConfig:
     model: str = "ViT-B-16"
     pretrained: str = ""  # checkpoint file, or a directory with open_clip_config.json
     device: str = "cpu"
@@ -47,10 +47,10 @@ def clip_architecture(model: str, pretrained: str) -> dict[str, Any]:
     return arch
 
 
-class ClipEncoder:
+class CLIPEncoder:
     """L2-normalised CLIP embeddings of uint8 RGB images and of captions."""
 
-    def __init__(self, cfg: ClipConfig) -> None:
+    def __init__(self, cfg: CLIPConfig) -> None:
         import open_clip
 
         path = Path(cfg.pretrained)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jointdit.encoders.clip import ClipEncoder
+from jointdit.encoders.clip import CLIPEncoder
 from jointdit.metrics.desync import DeSyncScorer
 from jointdit.metrics.fidelity import psnr, ssim
 from jointdit.metrics.frechet import (
@@ -59,7 +59,7 @@ class Embedders:
 
     vggish: VGGishEmbedder | None = None
     i3d: I3DEmbedder | None = None
-    clip: ClipEncoder | None = None
+    clip: CLIPEncoder | None = None
     synchformer: DeSyncScorer | None = None
 
 
@@ -134,7 +134,7 @@ def set_distances(
 
 
 def clip_similarity(
-    encoder: ClipEncoder, frames: list[np.ndarray], images: list[np.ndarray]
+    encoder: CLIPEncoder, frames: list[np.ndarray], images: list[np.ndarray]
 ) -> np.ndarray:
     """Cosine similarity of CLIP embeddings of generated first frames and their images."""
     return np.sum(encoder.encode_images(frames) * encoder.encode_images(images), axis=1)
