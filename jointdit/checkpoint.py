@@ -33,13 +33,14 @@ if TYPE_CHECKING:  # diffusers takes seconds to import; the default path never n
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 # What a JointDiT checkpoint meant before its config named these choices: velocity prediction,
-# no held first frame, the noisy latent as it is, no output convolution. Keys a config does
-# name win.
+# no held first frame, the noisy latent as it is, no output convolution, no frame sync. Keys a
+# config does name win.
 LEGACY_DIT = {
     "prediction": "v",
     "hold_first_frame": False,
     "input_scale": "none",
     "output_conv": False,
+    "frame_sync": False,
 }
 BACKBONES = "backbones"
 

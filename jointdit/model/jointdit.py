@@ -80,6 +80,10 @@ class JointDiTConfig:
     # layer, across token borders (U-ViT's extra conv): neighbouring tokens agree on an object
     # that straddles them
     output_conv: bool = True
+    # after each joint layer, the video's frames summarised (where each feature sits in the
+    # frame), mixed over neighbouring frames and interpolated to every audio token's time, are
+    # added to that token (FrameSync): the audio reads the motion at its own instant directly
+    frame_sync: bool = True
 
     def __post_init__(self) -> None:
         if self.prediction not in ("x", "v"):
@@ -205,6 +209,73 @@ class FrameConv(nn.Module):
         return x + self.conv(x.flatten(0, 1)).view_as(x)
 
 
+class FrameSync(nn.Module):
+    """Video frames -> a feature per audio token at the token's time, added to the audio.
+
+    Attention finds what the audio should follow only through learned queries; an impact is a
+    reversal of an object's motion, a second difference of its position over frames, and
+    position is not in the tokens' content (RoPE gives attention relative positions only). So
+    each frame is summarised by the spatial moments (1, x, y, x^2, y^2, xy over the frame, in
+    [-1, 1]) of a few learned per-token features: where each feature sits, at any latent size.
+    A convolution over 5 frames turns those into motion (velocity, its reversals), and linear
+    interpolation carries them to each audio token's centre time, as MMAudio's aligned
+    synchronisation features do (Cheng et al., 2025). The output is zero-initialised: a new
+    FrameSync adds nothing, and the joint model at init equals its experts.
+    """
+
+    MOMENTS = 6
+
+    def __init__(self, cfg: JointDiTConfig, features: int = 32, kernel: int = 5):
+        super().__init__()
+        self.cfg = cfg
+        self.norm = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
+        self.features = nn.Linear(cfg.dim, features)
+        self.motion = nn.Conv1d(features * self.MOMENTS, cfg.dim, kernel, padding=kernel // 2)
+        self.out = nn.Linear(cfg.dim, cfg.dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(
+        self, xv: Tensor, video_shape: tuple[int, ...], audio_shape: tuple[int, ...]
+    ) -> Tensor:
+        """(B, audio tokens, D) to add to the audio tokens, from video tokens (B, T*h*w, D)."""
+        b, t, _, h, w = video_shape
+        p = self.cfg.video_patch
+        f = self.features(self.norm(xv)).view(b, t, (h // p) * (w // p), -1)
+        moments = torch.einsum("btnf,nm->btfm", f, _moment_basis(h // p, w // p, xv))
+        motion = F.gelu(self.motion(moments.flatten(2).transpose(1, 2)))  # (B, D, T)
+        nf = audio_shape[2] // self.cfg.audio_patch_f
+        nt = -(-audio_shape[3] // self.cfg.audio_patch_t)
+        aligned = motion @ self._frames_to_tokens(t, nt, xv).to(motion.dtype)  # (B, D, nt)
+        # audio tokens are ordered (frequency, time): every frequency row gets its instant's
+        return self.out(aligned.transpose(1, 2)).repeat(1, nf, 1)
+
+    def _frames_to_tokens(self, frames: int, tokens: int, like: Tensor) -> Tensor:
+        """(T, nt) linear-interpolation weights from frame times to audio token centres."""
+        cfg = self.cfg
+        centres = (torch.arange(tokens, device=like.device) + 0.5) * cfg.audio_patch_t - 0.5
+        at = (centres / cfg.audio_frame_rate * cfg.video_fps).clamp(0, frames - 1)
+        lo = at.floor().clamp(max=max(frames - 2, 0)).long()
+        frac = at - lo
+        cols = torch.arange(tokens, device=like.device)
+        weights = torch.zeros(frames, tokens, device=like.device)
+        weights.index_put_((lo, cols), 1 - frac)
+        weights.index_put_(((lo + 1).clamp(max=frames - 1), cols), frac, accumulate=True)
+        return weights
+
+
+def _moment_basis(rows: int, cols: int, like: Tensor) -> Tensor:
+    """(rows*cols, 6): 1, x, y, x^2, y^2, xy of each token's centre in [-1, 1], / tokens."""
+    y, x = torch.meshgrid(
+        torch.linspace(-1, 1, rows, device=like.device),
+        torch.linspace(-1, 1, cols, device=like.device),
+        indexing="ij",
+    )
+    x, y = x.flatten(), y.flatten()
+    basis = torch.stack((torch.ones_like(x), x, y, x * x, y * y, x * y), dim=-1)
+    return (basis / (rows * cols)).to(like.dtype)
+
+
 class FinalLayer(nn.Module):
     """AdaLN + linear back to patch values (DiT), zero-initialised."""
 
@@ -264,6 +335,9 @@ class JointDiT(nn.Module):
         self.text = text_embedder(cfg.text_embed_dim, cfg.text_vocab, cfg.text_len, cfg.dim)
         self.image_embed = nn.Linear(cfg.image_embed_dim, cfg.dim) if cfg.image_embed_dim else None
         self.blocks = nn.ModuleList(JointBlock(cfg) for _ in range(cfg.depth))
+        self.sync = (
+            nn.ModuleList(FrameSync(cfg) for _ in range(cfg.depth)) if cfg.frame_sync else None
+        )
         p = cfg.video_patch
         self.video_output = FinalLayer(cfg.dim, cfg.video_channels * p * p)
         self.video_refine = FrameConv(cfg.video_channels) if cfg.output_conv else nn.Identity()
@@ -313,6 +387,11 @@ class JointDiT(nn.Module):
         s.video, s.audio = self.blocks[i].joint(
             s.video, s.audio, s.cv, s.ca, s.angles_v, s.angles_a, s.context, iso
         )
+        if self.sync is not None and iso is not True:
+            cross = self.sync[i](s.video, s.video_shape, s.audio_shape)
+            if isinstance(iso, Tensor):  # isolated samples get nothing from the video
+                cross = cross * (~iso).to(cross.dtype)[:, None, None]
+            s.audio = s.audio + cross
         return s
 
     def forward_output(self, s: Tokens) -> tuple[Tensor, Tensor]:
