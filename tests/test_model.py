@@ -68,10 +68,10 @@ def test_per_sample_iso_mask_equals_separate_calls(tiny_model):
 def test_zero_initialised_joint_layers_equal_the_experts():
     torch.manual_seed(0)
     model = randomize(JointDiT(TINY))
-    for block in model.blocks:  # a fresh joint layer: its gates start at zero
-        for mod in (block.joint.video_modulation, block.joint.audio_modulation):
-            torch.nn.init.zeros_(mod[1].weight)
-            torch.nn.init.zeros_(mod[1].bias)
+    close_joint_gates(model)
+    for sync in model.sync:  # and a fresh FrameSync: its output layer starts at zero
+        torch.nn.init.zeros_(sync.out.weight)
+        torch.nn.init.zeros_(sync.out.bias)
     x = tiny_inputs()
     joint = model(**x)
     experts = model(**x, experts_only=True)
@@ -79,6 +79,59 @@ def test_zero_initialised_joint_layers_equal_the_experts():
     # and the gates are what made them equal: opened, the outputs differ
     randomize(model.blocks[0].joint.video_modulation, seed=3)
     assert not torch.allclose(model(**x)[0], experts[0])
+
+
+def close_joint_gates(model: JointDiT) -> None:
+    for block in model.blocks:  # a fresh joint layer: its gates start at zero
+        for mod in (block.joint.video_modulation, block.joint.audio_modulation):
+            torch.nn.init.zeros_(mod[1].weight)
+            torch.nn.init.zeros_(mod[1].bias)
+
+
+def test_frame_sync_carries_video_to_audio_only_and_not_in_iso_mode():
+    torch.manual_seed(0)
+    model = randomize(JointDiT(TINY))
+    close_joint_gates(model)  # FrameSync is the only path between the modalities
+    x = tiny_inputs()
+    v1, a1 = model(**x)
+    _, a2 = model(**dict(x, video=torch.randn_like(x["video"])))
+    assert not torch.allclose(a1, a2)  # the audio reads the video
+    v3, _ = model(**dict(x, audio=torch.randn_like(x["audio"])))
+    torch.testing.assert_close(v1, v3)  # and the video never reads the audio through it
+    _, i1 = model(**x, iso=True)
+    _, i2 = model(**dict(x, video=torch.randn_like(x["video"])), iso=True)
+    torch.testing.assert_close(i1, i2)
+
+
+def test_frame_sync_interpolates_frames_to_audio_token_times():
+    cfg = dataclasses.replace(TINY, audio_patch_t=1)  # audio token k sits at k / 16 s
+    sync = JointDiT(cfg).sync[0]
+    weights = sync._frames_to_tokens(frames=3, tokens=12, like=torch.zeros(1))
+    torch.testing.assert_close(weights.sum(0), torch.ones(12))
+    # frames at 0, 0.25 and 0.5 s (4 fps): token 4 (0.25 s) is frame 1, token 2 (0.125 s) is
+    # halfway between frames 0 and 1; tokens past the last frame take it alone
+    torch.testing.assert_close(weights[:, 4], torch.tensor([0.0, 1.0, 0.0]))
+    torch.testing.assert_close(weights[:, 2], torch.tensor([0.5, 0.5, 0.0]))
+    torch.testing.assert_close(weights[:, 11], torch.tensor([0.0, 0.0, 1.0]))
+
+
+def test_frame_sync_reaches_only_audio_near_the_frame_that_changed():
+    """A frame's motion reaches the audio within the convolution's 5 frames (+ the
+    interpolation's one), not across the clip."""
+    cfg = dataclasses.replace(TINY, audio_patch_t=1)
+    torch.manual_seed(0)
+    sync = randomize(JointDiT(cfg).sync[0])
+    frames, h, w, tokens = 12, 2, 2, 48  # 3 s at 4 fps; audio tokens at 16 per second
+    video = torch.randn(1, frames * h * w, cfg.dim)
+    shapes = ((1, frames, cfg.video_channels, 2 * h, 2 * w), (1, 1, cfg.audio_bins, tokens))
+    changed = video.clone()
+    changed[:, 6 * h * w : 7 * h * w] += 1.0  # frame 6 (1.5 s)
+    diff = (sync(changed, *shapes) - sync(video, *shapes)).abs().amax(-1)[0]
+    rows = cfg.audio_bins // cfg.audio_patch_f
+    reach = diff.view(rows, tokens).amax(0) > 0
+    seconds = torch.arange(tokens) / 16
+    assert reach[(seconds > 1.0) & (seconds < 2.0)].all()  # frames 4..8 see frame 6
+    assert not reach[(seconds <= 0.75) | (seconds >= 2.25)].any()
 
 
 def test_fresh_model_joint_parts_are_identity():

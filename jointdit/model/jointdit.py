@@ -52,7 +52,7 @@ class JointDiTConfig:
     audio_bins: int = 32  # F: frequency bins of the audio latent
     video_patch: int = 2  # spatial patch of video latents (time is not patched)
     audio_patch_f: int = 32
-    audio_patch_t: int = 4
+    audio_patch_t: int = 2
     dim: int = 192
     depth: int = 3
     heads: int = 4
