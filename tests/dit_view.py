@@ -105,8 +105,12 @@ class DiTBackbone(Backbone):
 
 
 def jointdit_view(model: JointDiT) -> JointBackboneModel:
-    """The JointDiT as a JointBackboneModel over its own modules (no copies)."""
+    """The JointDiT as a JointBackboneModel over its own modules (no copies). Frame sync is
+    the DiT's own (the backbone model has only joint layers between the modalities), so the
+    DiT must be built without it."""
     c = model.cfg
+    if c.frame_sync:
+        raise ValueError("the backbone model has no FrameSync: view a JointDiT without it")
     return JointBackboneModel(
         c,
         DiTBackbone(model, "video"),
