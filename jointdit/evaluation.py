@@ -127,12 +127,11 @@ def sample_system(
     frames: int,
     audio_frames: int,
     sample: SampleConfig,
-    codec: Codec,
     image_embedding: Tensor | None = None,
-) -> list[Media]:
-    """The system's clips for first-frame latents `image`, decoded; clip i from the noise of
-    seed `sample.seed + i`."""
-    latents = generate(
+) -> tuple[Tensor, Tensor]:
+    """The system's (video, audio) latents for first-frame latents `image` (`decode` makes
+    them clips); clip i from the noise of seed `sample.seed + i`."""
+    return generate(
         system.model,
         image,
         text,
@@ -142,7 +141,6 @@ def sample_system(
         system.experts_only,
         image_embedding=image_embedding,
     )
-    return decode(codec, *latents)
 
 
 def decode(codec: Codec, video: Tensor, audio: Tensor) -> list[Media]:

@@ -170,9 +170,11 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
     }
     for system in systems:
         with timer("generate"):
-            media[system.name] = sample_system(
-                system, image, text, frames, audio_frames, sample_cfg, codec, embedding
+            latents = sample_system(
+                system, image, text, frames, audio_frames, sample_cfg, embedding
             )
+        with timer("decode"):
+            media[system.name] = decode(codec, *latents)
         log.info("evaluate: sampled %s (%d clips)", system.name, n)
 
     table, per_sample, events, scores = {}, [], {}, {}

@@ -40,7 +40,7 @@ from jointdit.codecs import Codec
 from jointdit.config import from_dict
 from jointdit.data.manifest import WindowManifest, read_manifest
 from jointdit.data.shards import load_split
-from jointdit.evaluation import System, load_embedders, sample_system, score_system
+from jointdit.evaluation import System, decode, load_embedders, sample_system, score_system
 from jointdit.finetune import (
     ADAPTER_PARAMETERS,
     AdapterConfig,
@@ -247,10 +247,11 @@ def compare(params: dict[str, Any], models: dict[str, Model]) -> dict[str, Any]:
     val_loss = {}
     for name, model in models.items():
         system = System(name, model, sample.guidance, experts_only=False)
-        media = sample_system(
+        latents = sample_system(
             system, batch.image[:n], batch.text[:n], batch.video.shape[1], batch.audio.shape[-1],
-            sample, codec, embedding,
+            sample, embedding,
         )  # fmt: skip
+        media = decode(codec, *latents)
         systems[f"{name}-{sample.guidance}"] = score_system(
             media, images, reference, fps, sr, ev.oracle, embedders
         )[0]

@@ -40,10 +40,6 @@ class ClipSpec:
     def frames(self) -> int:
         return round(self.duration_s * self.fps)
 
-    @property
-    def samples(self) -> int:
-        return round(self.duration_s * self.sample_rate)
-
     def starts(self, clip_duration_s: float) -> list[float]:
         """Where the windows of a clip of `clip_duration_s` seconds start (`plan_windows`)."""
         return plan_windows(clip_duration_s, self.duration_s, self.hop_s, self.max_windows_per_clip)
