@@ -63,6 +63,22 @@ def test_audio_decode_keeps_timing_and_spectrum():
     assert torch.mean(torch.abs(relat - lat)).item() < 0.25
 
 
+def test_audio_decode_does_not_depend_on_the_global_random_state():
+    codec = PatchCodec(CFG)
+    lat = codec.encode_audio(_click(16000, 0.5, 1.0))
+    torch.manual_seed(1)
+    first = codec.decode_audio(lat)
+    torch.manual_seed(2)
+    torch.rand(100)
+    np.testing.assert_array_equal(codec.decode_audio(lat), first)
+    # and decoding leaves the caller's random stream where it was
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    codec.decode_audio(lat)
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
 def test_default_codec_is_the_patch_codec_for_both_modalities():
     codec = build_codec(CodecConfig(patch=CFG), 16000)
     assert codec.name == "patch" and codec.audio_decoder == "griffin-lim"

@@ -31,6 +31,15 @@ class MelSpec:
     f_max: float
 
 
+def seeded_griffin_lim(griffin_lim: torchaudio.transforms.GriffinLim, spec: Tensor) -> Tensor:
+    """``griffin_lim(spec)`` from a fixed random phase: Griffin-Lim starts from a random phase,
+    and drawn from torch's global stream the wave would depend on how much of it ran before
+    (evaluate's scores moved when a model grew a module). The caller's stream is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return griffin_lim(spec)
+
+
 class LogMel:
     """wave -> log-mel at one `MelSpec`, and back by least-squares mel inversion + Griffin-Lim
     (the phase is estimated: approximate, but it needs no weights)."""
@@ -72,7 +81,8 @@ class LogMel:
 
     def invert(self, mel: Tensor) -> Tensor:
         """(time, n_mels) log-mel -> (time * hop,) float wave, by Griffin-Lim."""
-        wave = self.griffin_lim(self.inverse_mel(torch.exp(mel.float()).T))  # ((time-1) hop,)
+        # ((time - 1) hop,)
+        wave = seeded_griffin_lim(self.griffin_lim, self.inverse_mel(torch.exp(mel.float()).T))
         # GriffinLim centres frame t on sample t hop; this framing centres it on t hop + hop / 2
         half = self.spec.hop // 2
         return F.pad(wave, (half, self.spec.hop - half))

@@ -14,6 +14,8 @@ import torch
 import torchaudio
 from torch import Tensor
 
+from jointdit.codecs.logmel import seeded_griffin_lim
+
 
 def to_unit(frames: np.ndarray) -> Tensor:
     """uint8 pixels (..., 3) -> float32 in [-1, 1]."""
@@ -110,6 +112,6 @@ class PatchCodec:
         mel = torch.exp(latents[0].float() * self.cfg.log_std + self.cfg.log_mean) - 1e-5
         spec = self.inverse_mel(mel.clamp_min(0))
         length = latents.shape[-1] * self.cfg.hop
-        wave = self.griffin_lim(spec)
+        wave = seeded_griffin_lim(self.griffin_lim, spec)
         wave = torch.nn.functional.pad(wave, (0, max(0, length - wave.shape[-1])))[:length]
         return wave.clamp(-1, 1).numpy().astype(np.float32)
