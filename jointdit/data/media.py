@@ -523,7 +523,9 @@ class _AudioWindows:
         self.windows: list[np.ndarray] = []
         self.start: float | None = None  # time of the first decoded sample
         self._native = 0
-        self._chunks: deque[np.ndarray] = deque()  # float (channels, samples), as decoded
+        # Each decoded frame's channels, as views of its float planes: copied once, into the
+        # windows' slices, not once per frame.
+        self._chunks: deque[list[np.ndarray]] = deque()
         self._first: int | None = None  # number of the first kept sample, once time 0 is known
         self._held = 0  # samples in _chunks
         # No pending window needs a sample numbered below _keep; the next one is cut once the
@@ -547,7 +549,7 @@ class _AudioWindows:
             if unneeded and not self._chunks:
                 self._first += out.samples
                 continue
-            self._chunks.append(out.to_ndarray())
+            self._chunks.append([np.frombuffer(p, np.float32, out.samples) for p in out.planes])
             self._held += out.samples
         if origin is not None and (self._first is None or self._first + self._held >= self._due):
             self._cut(origin, final=False)
@@ -581,8 +583,8 @@ class _AudioWindows:
             self._keep = self._due = math.inf
         else:
             self._keep = self._span(self._starts[len(self.windows)])[0]
-        while self._chunks and self._first + self._chunks[0].shape[1] <= self._keep:
-            dropped = self._chunks.popleft().shape[1]
+        while self._chunks and self._first + len(self._chunks[0][0]) <= self._keep:
+            dropped = len(self._chunks.popleft()[0])
             self._first += dropped
             self._held -= dropped
 
@@ -591,19 +593,14 @@ class _AudioWindows:
         out = np.zeros(end - first, np.float32)
         at, pieces = self._first, []
         for chunk in self._chunks:
-            lo, hi = max(first, at), min(end, at + chunk.shape[1])
+            lo, hi = max(first, at), min(end, at + len(chunk[0]))
             if lo < hi:
-                pieces.append(chunk[:, lo - at : hi - at])
-            at += chunk.shape[1]
+                pieces.append([channel[lo - at : hi - at] for channel in chunk])
+            at += len(chunk[0])
         if pieces:
             # One average per run of frames with the same channels, not one per frame: the
             # same numbers (a sum over channels, then a division), one call per window.
-            mono = np.concatenate(
-                [
-                    np.concatenate(list(run), axis=1).mean(axis=0, dtype=np.float32)
-                    for _, run in groupby(pieces, key=len)
-                ]
-            )
+            mono = np.concatenate([_mono(list(run)) for _, run in groupby(pieces, key=len)])
             lo = max(first, self._first) - first
             out[lo : lo + len(mono)] = mono
         return out
@@ -622,6 +619,12 @@ class _AudioWindows:
                 self._native, self._rate, dtype=torch.float32
             )
         return self._resampler(torch.from_numpy(wave)).numpy()
+
+
+def _mono(frames: list[list[np.ndarray]]) -> np.ndarray:
+    """Consecutive frames with the same channels as one array: the mean of their channels."""
+    channels = [np.concatenate(c) for c in zip(*frames, strict=True)]
+    return np.stack(channels).mean(axis=0, dtype=np.float32)
 
 
 class _SeekMissed(Exception):
