@@ -9,7 +9,7 @@ a loaded machine slows all alike (the best round of each is kept):
 - the cache path: `read_windows` of every whole window of each file (params.clip's window
   length and frame size, hop = window by default, no cap) plus the codec and a shard write,
   split into decode (the rest of read_windows), resize/crop (`fit_frame`), audio resample
-  (torchaudio), video encode, mel (`codec.encode_audio`) and shard write;
+  (torchaudio's `Resample`), video encode, mel (`codec.encode_audio`) and shard write;
 and prints them side by side, in seconds and windows per second.
 
     python benchmarks/cache_throughput.py [--files 2] [--seconds 30] [--hop 2.0] [--threads 1]
@@ -100,7 +100,7 @@ def cache_path(
         # Time the pieces where read_windows calls them.
         for owner, attr, name in (
             (media, "fit_frame", "resize/crop"),
-            (torchaudio.functional, "resample", "audio resample"),
+            (torchaudio.transforms.Resample, "forward", "audio resample"),
         ):
             original = getattr(owner, attr)
             setattr(owner, attr, phases.wrap(name, original))

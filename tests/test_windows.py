@@ -23,7 +23,14 @@ from jointdit.data.manifest import (
     WindowManifest,
     write_manifest,
 )
-from jointdit.data.media import DecodeCost, fit_frame, read_clip, read_windows, write_clip
+from jointdit.data.media import (
+    DecodeCost,
+    _AudioWindows,
+    fit_frame,
+    read_clip,
+    read_windows,
+    write_clip,
+)
 from jointdit.data.shards import build_shards, load_split, shard_clips, write_shard
 from jointdit.data.windows import ClipSpec, plan_windows
 from tasks import cache as cache_task
@@ -345,6 +352,20 @@ def test_stereo_is_averaged_and_resampled_keeping_pitch(tmp_path, rate):
     spectrum = np.abs(np.fft.rfft(wave * np.hanning(len(wave))))
     assert np.fft.rfftfreq(len(wave), 1 / SR)[spectrum.argmax()] == pytest.approx(1000, abs=3)
     assert np.sqrt(2 * np.mean(wave**2)) == pytest.approx(0.3, rel=0.05)
+
+
+def test_sound_that_changes_channels_is_averaged_frame_by_frame():
+    # Broadcast streams switch layouts (a 5.1 film after stereo adverts); frames are kept as
+    # decoded and averaged a window at a time, each over its own channels.
+    sound = _AudioWindows([0.0], 4096, SR)  # at the stream's rate: no resampling
+    stereo = np.stack([np.full(2048, 0.2), np.full(2048, 0.6)]).astype(np.float32)
+    mono = np.full((1, 2048), -0.5, np.float32)
+    for k, (samples, layout) in enumerate([(stereo, "stereo"), (mono, "mono")]):
+        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout=layout)
+        frame.sample_rate, frame.pts, frame.time_base = SR, k * 2048, Fraction(1, SR)
+        sound.add(frame, origin=0.0)
+    (wave,) = sound.finish(origin=0.0)
+    np.testing.assert_allclose(wave, np.r_[np.full(2048, 0.4), np.full(2048, -0.5)], atol=1e-7)
 
 
 @pytest.mark.parametrize(

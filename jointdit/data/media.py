@@ -31,7 +31,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
+from itertools import groupby
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
@@ -39,6 +41,9 @@ from av.video.reformatter import VideoReformatter
 
 from jointdit.atomic import atomic_path
 from jointdit.data.windows import ClipSpec
+
+if TYPE_CHECKING:
+    import torchaudio
 
 _AAC_FRAME = 1024
 # Slack when comparing frame times with target times: far below any frame interval, far above
@@ -407,14 +412,19 @@ def fit_frame(
     scale = max(width / shown_w, height / shown_h)
     w, h = max(width, round(shown_w * scale)), max(height, round(shown_h * scale))
     # Scale before turning: the turn then moves the small picture. AREA averages when
-    # shrinking, where bilinear would alias.
-    rgb = (reformatter or VideoReformatter()).reformat(
+    # shrinking, where bilinear would alias. One scaler thread: PyAV's default (one per core)
+    # hands each small output to a thread pool, which cost more than the scaling (2.6x the time
+    # of one thread for 640x360 -> 57x32, the same pixels) and competed with the decoder's
+    # frame threads.
+    scaled = (reformatter or VideoReformatter()).reformat(
         frame,
         width=h if turns % 2 else w,
         height=w if turns % 2 else h,
         format="rgb24",
         interpolation="AREA",
-    ).to_ndarray()
+        threads=1,
+    )
+    rgb = scaled.to_ndarray()
     top, left = (h - height) // 2, (w - width) // 2
     return np.ascontiguousarray(np.rot90(rgb, turns)[top : top + height, left : left + width])
 
@@ -503,7 +513,8 @@ class _AudioWindows:
     a pass that starts after a seek numbers them as a pass from the file's start does. A
     window's slice is resampled with torchaudio with enough context on both sides, cut on the
     resampler's block grid (anchored at time 0), that it equals resampling the whole stream and
-    slicing that. Only samples a pending window needs are kept.
+    slicing that. Only samples a pending window needs are kept: a frame that ends before them is
+    counted, never converted, and the kept ones are averaged a window's slice at a time.
     """
 
     def __init__(self, starts: Sequence[float], n_samples: int, sample_rate: int):
@@ -512,11 +523,17 @@ class _AudioWindows:
         self.windows: list[np.ndarray] = []
         self.start: float | None = None  # time of the first decoded sample
         self._native = 0
-        self._chunks: deque[np.ndarray] = deque()
+        # Each decoded frame's channels, as views of its float planes: copied once, into the
+        # windows' slices, not once per frame.
+        self._chunks: deque[list[np.ndarray]] = deque()
         self._first: int | None = None  # number of the first kept sample, once time 0 is known
         self._held = 0  # samples in _chunks
+        # No pending window needs a sample numbered below _keep; the next one is cut once the
+        # stream reaches _due (both known once time 0 is).
+        self._keep = self._due = -math.inf
         # Converts the sample format only (to float planes); the rate and layout stay.
         self._format = av.AudioResampler(format="fltp")
+        self._resampler: torchaudio.transforms.Resample | None = None
 
     @property
     def done(self) -> bool:
@@ -527,9 +544,14 @@ class _AudioWindows:
         if self.start is None:
             self.start, self._native = frame.time, frame.sample_rate
         for out in self._format.resample(frame):
-            self._chunks.append(out.to_ndarray().mean(axis=0, dtype=np.float32))
+            # Before every pending window (a seek's pre-roll, a gap between windows): counted.
+            unneeded = self._first is not None and self._first + out.samples <= self._keep
+            if unneeded and not self._chunks:
+                self._first += out.samples
+                continue
+            self._chunks.append([np.frombuffer(p, np.float32, out.samples) for p in out.planes])
             self._held += out.samples
-        if origin is not None:
+        if origin is not None and (self._first is None or self._first + self._held >= self._due):
             self._cut(origin, final=False)
 
     def finish(self, origin: float) -> list[np.ndarray]:
@@ -554,34 +576,55 @@ class _AudioWindows:
         while not self.done:
             first, end, skip = self._span(self._starts[len(self.windows)])
             if end > self._first + self._held and not final:
+                self._due = end
                 break
-            # imported here: fetch and validate read media but never resample, and torch
-            # would double their start-up
-            import torch
-            import torchaudio
-
-            wave = torch.from_numpy(self._slice(first, end))
-            wave = torchaudio.functional.resample(wave, self._native, self._rate)
-            self.windows.append(wave[skip : skip + self._n].numpy())
-        keep = (
-            self._first + self._held
-            if self.done
-            else self._span(self._starts[len(self.windows)])[0]
-        )
-        while self._chunks and self._first + len(self._chunks[0]) <= keep:
-            dropped = len(self._chunks.popleft())
+            self.windows.append(self._resample(self._slice(first, end))[skip : skip + self._n])
+        if self.done:
+            self._keep = self._due = math.inf
+        else:
+            self._keep = self._span(self._starts[len(self.windows)])[0]
+        while self._chunks and self._first + len(self._chunks[0][0]) <= self._keep:
+            dropped = len(self._chunks.popleft()[0])
             self._first += dropped
             self._held -= dropped
 
     def _slice(self, first: int, end: int) -> np.ndarray:
+        """Samples [first, end) in mono; silence where the stream has none."""
         out = np.zeros(end - first, np.float32)
-        at = self._first
+        at, pieces = self._first, []
         for chunk in self._chunks:
-            lo, hi = max(first, at), min(end, at + len(chunk))
+            lo, hi = max(first, at), min(end, at + len(chunk[0]))
             if lo < hi:
-                out[lo - first : hi - first] = chunk[lo - at : hi - at]
-            at += len(chunk)
+                pieces.append([channel[lo - at : hi - at] for channel in chunk])
+            at += len(chunk[0])
+        if pieces:
+            # One average per run of frames with the same channels, not one per frame: the
+            # same numbers (a sum over channels, then a division), one call per window.
+            mono = np.concatenate([_mono(list(run)) for _, run in groupby(pieces, key=len)])
+            lo = max(first, self._first) - first
+            out[lo : lo + len(mono)] = mono
         return out
+
+    def _resample(self, wave: np.ndarray) -> np.ndarray:
+        # imported here: fetch and validate read media but never resample, and torch would
+        # double their start-up
+        import torch
+        import torchaudio
+
+        if self._resampler is None:
+            # The kernel depends on the two rates only: built once, not once per window. In
+            # float32, as torchaudio.functional.resample builds it for float32 sound (the
+            # transform's default is float64, then rounded: other last bits).
+            self._resampler = torchaudio.transforms.Resample(
+                self._native, self._rate, dtype=torch.float32
+            )
+        return self._resampler(torch.from_numpy(wave)).numpy()
+
+
+def _mono(frames: list[list[np.ndarray]]) -> np.ndarray:
+    """Consecutive frames with the same channels as one array: the mean of their channels."""
+    channels = [np.concatenate(c) for c in zip(*frames, strict=True)]
+    return np.stack(channels).mean(axis=0, dtype=np.float32)
 
 
 class _SeekMissed(Exception):
