@@ -11,8 +11,13 @@ steps, and the peak the best of its measurements: the ratio holds when the times
 Under heavy load a multi-second step rarely runs undisturbed while a short matmul does, so
 `--clock cpu --threads 1` times both by this process's CPU time instead of the wall clock.
 
+`--profile` adds where the shipped step's time goes: torch.profiler's self CPU time of every
+operator over the timed steps, summed into kinds (matmuls, softmax, norms, element-wise work,
+copies and layout changes, the optimizer, the rest).
+
     python benchmarks/train_step.py [--batch 8] [--steps 5] [--warmup 2] [--threads N]
         [--device cpu] [--clock wall|cpu] [--variants ships compile fp32 checkpointing]
+        [--profile]
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from jointdit.flow import Batch, FlowConfig
@@ -105,9 +111,7 @@ def step_seconds(
     """Seconds of each of `steps` training steps after `warmup` untimed ones, timed between
     train()'s per-step log calls."""
     stamps: list[float] = []
-    _train_until(
-        cfg, data, train_cfg, warmup + steps, lambda: stamps.append(clock())
-    )
+    _train_until(cfg, data, train_cfg, warmup + steps, lambda: stamps.append(clock()))
     return [b - a for a, b in zip(stamps[warmup - 1 : -1], stamps[warmup:], strict=True)]
 
 
@@ -123,6 +127,52 @@ def step_flops(cfg: JointDiTConfig, data: Batch, train_cfg: TrainConfig) -> floa
             lambda: counted.append(counter.get_total_flops()),
         )
     return counted[0]
+
+
+# Operator name fragments -> the kind of work they are (first match wins; RoPE is element-wise
+# multiplies and adds plus a concatenation, so it falls in those kinds).
+OP_KINDS = (
+    ("optimizer (fused AdamW)", ("adam",)),
+    ("matmuls", ("mm", "matmul", "linear", "conv")),
+    ("softmax", ("softmax",)),
+    ("norms", ("layer_norm",)),
+    (
+        "copies, casts, layout",
+        ("copy", "_to_copy", "cat", "clone", "contiguous", "stack", "index", "repeat", "fill"),
+    ),
+    ("element-wise", ("mul", "add", "sub", "div", "gelu", "silu", "exp", "neg", "where", "pow",
+                      "sum", "mean", "sqrt", "rsqrt", "clamp", "norm", "sigmoid", "sin", "cos")),
+)  # fmt: skip
+
+
+def op_kind(name: str) -> str:
+    """The kind (OP_KINDS) of an aten operator name, or "other"."""
+    op = name.removeprefix("aten::").lower()
+    for kind, fragments in OP_KINDS:
+        if any(f in op for f in fragments):
+            return kind
+    return "other"
+
+
+def profile_step(
+    cfg: JointDiTConfig, data: Batch, train_cfg: TrainConfig, warmup: int, steps: int
+) -> dict[str, float]:
+    """Self CPU seconds per operator kind over `steps` training steps after `warmup`."""
+    seen = [0]
+    prof = profile(activities=[ProfilerActivity.CPU])
+
+    def on_step() -> None:
+        seen[0] += 1
+        if seen[0] == warmup:
+            prof.start()
+
+    _train_until(cfg, data, train_cfg, warmup + steps, on_step)
+    prof.stop()
+    kinds: dict[str, float] = {}
+    for event in prof.key_averages():
+        kind = op_kind(event.key)
+        kinds[kind] = kinds.get(kind, 0.0) + event.self_cpu_time_total / 1e6 / steps
+    return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
 
 
 def main() -> None:
@@ -146,6 +196,7 @@ def main() -> None:
         choices=("ships", "compile", "fp32", "checkpointing"),
         default=["ships", "compile", "fp32", "checkpointing"],
     )
+    parser.add_argument("--profile", action="store_true", help="where the shipped step's time goes")
     args = parser.parse_args()
     if args.clock == "cpu" and args.device != "cpu":
         parser.error("--clock cpu times CPU work; a GPU's needs the wall clock")
@@ -199,6 +250,15 @@ def main() -> None:
             f"{name:<28} {seconds:7.3f} {args.batch / seconds:10.1f} {count / 1e9:11.1f} "
             f"{count / seconds / 1e9:8.1f} {count / seconds / peak:8.1%}"
         )
+    if args.profile:
+        kinds = profile_step(cfg, data, base, args.warmup, args.steps)
+        total = sum(kinds.values())
+        print(
+            "\nwhere a shipped step's time goes (self CPU time, "
+            f"{total:.3f} s/step under the profiler, its per-operator overhead included):"
+        )
+        for kind, seconds in kinds.items():
+            print(f"{kind:<28} {seconds:7.3f} s {seconds / total:7.1%}")
 
 
 if __name__ == "__main__":
