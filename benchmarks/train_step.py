@@ -138,7 +138,7 @@ OP_KINDS = (
     ("norms", ("layer_norm",)),
     (
         "copies, casts, layout",
-        ("copy", "_to_copy", "cat", "clone", "contiguous", "stack", "index", "repeat", "fill"),
+        ("copy", "cat", "clone", "contiguous", "stack", "index", "repeat", "fill"),
     ),
     ("element-wise", ("mul", "add", "sub", "div", "gelu", "silu", "exp", "neg", "where", "pow",
                       "sum", "mean", "sqrt", "rsqrt", "clamp", "norm", "sigmoid", "sin", "cos")),
