@@ -12,8 +12,8 @@ and this detector is what the data set leaves learnable at all.
 
     python benchmarks/sync_ceiling.py [--cache data/cache] [--steps 800] [--seeds 3]
 
-A cache of more clips (e.g. `dvc exp run -S data.synthetic.num_clips=480`, then `--cache` on its
-data/cache) shows what more data buys.
+A cache of more clips (e.g. `dvc exp run -S data.synthetic.num_clips=480 cache`, which runs the
+pipeline up to the cache stage) shows what more data buys.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.signal import find_peaks
 from torch import Tensor, nn
 
 from jointdit.data.shards import load_split
@@ -44,31 +45,34 @@ def onset_targets(audio: Tensor, patch_t: int) -> Tensor:
 
 
 class Detector(nn.Module):
-    def __init__(self, cfg: JointDiTConfig, features: int = 32, width: int = 128):
+    """`to_tokens`: the (frames, audio tokens) interpolation weights of the model's frame sync."""
+
+    def __init__(
+        self, cfg: JointDiTConfig, to_tokens: Tensor, features: int = 32, width: int = 128
+    ):
         super().__init__()
-        self.sync = FrameSync(cfg)  # for its frame-to-token interpolation only
+        self.register_buffer("to_tokens", to_tokens)
         self.pixels = nn.Linear(cfg.video_channels, features)
         self.motion = nn.Conv1d(features * FrameSync.MOMENTS, width, 5, padding=2)
         self.mix = nn.Conv1d(width, width, 3, padding=1)
         self.out = nn.Conv1d(width, 1, 3, padding=1)
 
-    def forward(self, video: Tensor, tokens: int) -> Tensor:
-        t, h, w = video.shape[1], video.shape[3], video.shape[4]
+    def forward(self, video: Tensor) -> Tensor:
+        h, w = video.shape[3], video.shape[4]
         f = F.gelu(self.pixels(video.flatten(3).transpose(2, 3)))
         # the model's basis sums to 1 over positions; scaled back so the moments are O(1)
         m = torch.einsum("btnf,nm->btfm", f, _moment_basis(h, w, video) * (h * w))
         x = F.gelu(self.mix(F.gelu(self.motion(m.flatten(2).transpose(1, 2)))))
-        return self.out(x @ self.sync._frames_to_tokens(t, tokens, video))[:, 0]
+        return self.out(x @ self.to_tokens)[:, 0]
 
 
 def event_f1(probs: np.ndarray, clips: list[dict], cfg: JointDiTConfig) -> list[float]:
-    """Per clip: F1 of the local maxima above 0.3 against the clip's impact times."""
+    """Per clip: F1 of the peaks above 0.3 against the clip's impact times."""
     token_s = cfg.audio_patch_t / cfg.audio_frame_rate
     scores = []
     for p, clip in zip(probs, clips, strict=True):
-        peaks = [j for j in range(len(p)) if p[j] > 0.3 and p[j] >= p[max(j - 1, 0)]
-                 and p[j] >= p[min(j + 1, len(p) - 1)]]
-        times = (np.array(peaks) + 0.5) * token_s - 0.5 / cfg.audio_frame_rate
+        peaks, _ = find_peaks(p, height=0.3)
+        times = (peaks + 0.5) * token_s - 0.5 / cfg.audio_frame_rate
         events = np.array(json.loads(clip["events"] or "[]")) - clip["start_s"]
         events = events[(events >= 0) & (events < clip["duration_s"])]
         scores.append(onset_f1(times, events, TOLERANCE_FRAMES / cfg.video_fps)["f1"])
@@ -86,23 +90,26 @@ def main() -> None:
     train, val = load_split(args.cache, "train"), load_split(args.cache, "val")
     cfg = JointDiTConfig(video_channels=train.batch.video.shape[2])
     targets = onset_targets(train.batch.audio, cfg.audio_patch_t)
-    tokens = targets.shape[1]
+    # the model's own frame-to-token weights; FrameSync is built only to compute them
+    to_tokens = FrameSync(cfg)._frames_to_tokens(
+        train.batch.video.shape[1], targets.shape[1], train.batch.video
+    )
     print(f"{len(train.clips)} training clips, {len(val.clips)} validation clips, "
           f"{args.steps} steps of {args.batch}")
     means = []
     for seed in range(args.seeds):
         torch.manual_seed(seed)
-        det = Detector(cfg)
+        det = Detector(cfg, to_tokens)
         opt = torch.optim.AdamW(det.parameters(), 1e-3)
         for _ in range(args.steps):
             idx = torch.randint(len(train.clips), (args.batch,))
-            logits = det(train.batch.video[idx], tokens)
+            logits = det(train.batch.video[idx])
             loss = F.binary_cross_entropy_with_logits(logits, targets[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
         with torch.no_grad():
-            probs = torch.sigmoid(det(val.batch.video, tokens)).numpy()
+            probs = torch.sigmoid(det(val.batch.video)).numpy()
         scores = event_f1(probs, val.clips, cfg)
         means.append(float(np.mean(scores)))
         se = np.std(scores, ddof=1) / np.sqrt(len(scores))
